@@ -1,0 +1,29 @@
+"""``dmd``: plain DMD/DMD2, one implicit target per sample, no reward."""
+
+from __future__ import annotations
+
+import torch
+
+from gdmd.config import ComponentConfig
+from gdmd.interfaces import BuildContext, TargetContext, TargetOutput
+from gdmd.targets.common import dmd_targets
+
+
+class DMDConfig(ComponentConfig):
+    """Plain DMD has no options: the renoise range lives in ``[train]``."""
+
+
+class DMDTarget:
+    """One DMD target ``sg(x - g)`` per sample, weight 1 (Yin et al. 2024, DMD2 form)."""
+
+    needs_rewards = False
+    needs_differentiable_reward = False
+
+    def __call__(self, ctx: TargetContext) -> TargetOutput:
+        targets, metrics = dmd_targets(ctx, k=1, vary_t=True, vary_fake=False)
+        weights = torch.ones(targets.shape[:2], device=targets.device)
+        return TargetOutput(targets=targets, weights=weights, metrics=metrics)
+
+
+def build_dmd(config: DMDConfig, ctx: BuildContext) -> DMDTarget:
+    return DMDTarget()
