@@ -1,0 +1,45 @@
+# gdmd's two commands:
+#   make demo   create .venv if missing, install torch and gdmd, run the demo
+#   make test   the same set-up, then the test suite (CPU, offline)
+# The install step runs again only when pyproject.toml changes (a stamp file in .venv).
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS='--index-url https://download.pytorch.org/whl/cpu'
+TORCH_PIP_ARGS ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.gdmd-installed
+
+# The demo's main job; the toy-benchmark demo replaces it later.
+DEMO_CMD ?= $(BIN)/gdmd list-plugins && $(BIN)/gdmd run recipes/tiny_cpu.toml --dry-run
+
+# The test command. The fixture plugin distributions (tests/fixtures/) are installed by the
+# tests themselves, with pip, into a temporary directory (see tests/foundation/test_distributions.py).
+TEST_CMD ?= HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+.PHONY: demo test install lint clean-venv
+
+demo: install
+	$(DEMO_CMD)
+
+test: install
+	$(TEST_CMD)
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, so pip does not pick a torch build for gdmd's dependencies on its own.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,plots]'
+	touch $@
+
+lint: install
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'ruff>=0.5'
+	$(BIN)/python -m ruff check gdmd tests
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,290 @@
+"""The ``gdmd`` command line, built by :func:`make_app`.
+
+Commands: ``list-plugins``, ``validate``, ``schema``, ``run``, plus any a plugin adds through
+``gdmd_register_commands``. A :class:`gdmd.errors.GdmdError` escaping a command is printed
+as ``error: <message>`` on stderr (no traceback) and the process exits with its
+``exit_code``; Ctrl-C exits with 130.
+
+Importing this module and ``gdmd --help`` import no torch: plugin loading, recipes and
+training are imported inside the commands.
+"""
+
+import json
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+
+import typer
+from typer.core import TyperGroup
+
+from gdmd import __version__
+from gdmd.errors import GdmdError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from gdmd.manager import GdmdPluginManager
+
+#: Exit code after Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+_SET_HELP = (
+    "Override a recipe value, e.g. --set train.steps=100 --set reward.clip.weight=0.5 "
+    "(values are TOML; bare words are strings). Repeatable."
+)
+
+
+def _console(stderr: bool = False) -> "Console":
+    from rich.console import Console
+
+    # soft_wrap: never break a message (often a path or a key) in the middle.
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def print_error(exc: BaseException) -> None:
+    """Print ``error: <message>`` in red on stderr."""
+    from rich.markup import escape
+
+    _console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}")
+
+
+class _Session:
+    """The plugin manager the commands share, built on first use unless given."""
+
+    def __init__(self, pm: "GdmdPluginManager | None") -> None:
+        self._pm = pm
+
+    @property
+    def pm(self) -> "GdmdPluginManager":
+        if self._pm is None:
+            from gdmd.manager import build_plugin_manager
+
+            self._pm = build_plugin_manager()
+        return self._pm
+
+
+class _GdmdGroup(TyperGroup):
+    """Adds plugin commands when a command name is looked up or listed, and turns gdmd's
+    errors into a message and an exit code."""
+
+    session: ClassVar[_Session]
+    _plugin_commands_loaded = False
+
+    def _load_plugin_commands(self) -> None:
+        # Typer builds a fresh group for every invocation of the app, so this is per group.
+        if self._plugin_commands_loaded:
+            return
+        self._plugin_commands_loaded = True
+        extra = typer.Typer()
+        try:
+            failures = self.session.pm.register_commands(extra)
+        except GdmdError as exc:  # the command that needs the plugins reports it
+            print_error(exc)
+            return
+        from rich.markup import escape
+
+        for failure in failures:
+            _console(stderr=True).print(
+                f"[yellow]warning:[/] commands missing: {escape(failure.describe())}"
+            )
+        if not (extra.registered_commands or extra.registered_groups):
+            return
+        for name, command in typer.main.get_group(extra).commands.items():
+            if name not in self.commands:  # a built-in command of the same name wins
+                self.add_command(command, name)
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        self._load_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            self._load_plugin_commands()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GdmdError as exc:
+            print_error(exc)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            _console(stderr=True).print("[bold red]interrupted[/]")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"gdmd {__version__}")
+        raise typer.Exit()
+
+
+def plugin_listing(pm: "GdmdPluginManager") -> dict[str, list[dict[str, Any]]]:
+    """What ``gdmd list-plugins --json`` prints: every component and every failed plugin,
+    in a stable order (kind, then name; failures by plugin name)."""
+    components = [
+        {
+            "name": spec.name,
+            "kind": spec.kind,
+            "roles": list(spec.roles),
+            "plugin": spec.plugin,
+            "distribution": spec.distribution,
+            "version": spec.version,
+            "summary": spec.summary,
+        }
+        for spec in pm.registries
+    ]
+    failures = [
+        {
+            "plugin": failure.plugin,
+            "distribution": failure.distribution,
+            "version": failure.version,
+            "error": failure.error,
+        }
+        for failure in sorted(pm.failures, key=lambda f: (f.plugin, f.error))
+    ]
+    return {"components": components, "failures": failures}
+
+
+def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
+    """The ``gdmd`` Typer application. Without ``pm``, plugins load on first use."""
+    session = _Session(pm)
+    group = type("GdmdGroup", (_GdmdGroup,), {"session": session})
+    app = typer.Typer(
+        name="gdmd",
+        cls=group,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode="rich",
+        help="Reward-guided diffusion distillation: distil a many-step teacher into a few-step "
+        "student with DMD, guided by rewards scored on its implicit targets (GDMD).",
+    )
+
+    @app.callback()
+    def main_options(
+        version: Annotated[
+            bool,
+            typer.Option(
+                "--version", callback=_show_version, is_eager=True, help="Print the version."
+            ),
+        ] = False,
+    ) -> None:
+        """Reward-guided diffusion distillation (GDMD). Docs: docs/cli.md."""
+
+    @app.command("list-plugins")
+    def list_plugins(
+        as_json: Annotated[
+            bool, typer.Option("--json", help="Print JSON: components and failures.")
+        ] = False,
+    ) -> None:
+        """List every component plugins registered, and plugins that failed to load.
+
+        Components are models (with the roles they can fill), rewards, targets and prompt
+        sources: the complete vocabulary of a recipe's kind keys.
+        """
+        listing = plugin_listing(session.pm)
+        if as_json:
+            typer.echo(json.dumps(listing, indent=2))
+            return
+        from rich import box
+        from rich.table import Table
+
+        console = _console()
+        table = Table(title="gdmd components", title_justify="left", box=box.SIMPLE_HEAD)
+        for column in ("name", "kind", "roles", "plugin", "distribution", "version"):
+            table.add_column(column, overflow="fold", no_wrap=column in ("name", "kind"))
+        table.add_column("summary", overflow="fold")
+        for item in listing["components"]:
+            table.add_row(
+                item["name"],
+                item["kind"],
+                ", ".join(item["roles"]),
+                item["plugin"],
+                item["distribution"] or "-",
+                item["version"] or "-",
+                item["summary"],
+            )
+        from rich.console import Console
+
+        Console(highlight=False).print(table)
+        if listing["failures"]:
+            console.print("[bold red]plugins that failed to load:[/]")
+            for failure in listing["failures"]:
+                origin = " ".join(p for p in (failure["distribution"], failure["version"]) if p)
+                console.print(
+                    f"  {failure['plugin']}" + (f" ({origin})" if origin else "") + ": "
+                    f"{failure['error']}",
+                    markup=False,
+                )
+
+    @app.command()
+    def validate(
+        recipe: Annotated[str, typer.Argument(help="The recipe (TOML) to check.")],
+        overrides: Annotated[
+            list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help=_SET_HELP)
+        ] = None,
+    ) -> None:
+        """Check a recipe without building anything.
+
+        Exits 0 when the recipe is valid, 2 with every problem listed otherwise.
+        """
+        from rich.markup import escape
+
+        from gdmd.recipe import load_recipe
+
+        loaded = load_recipe(recipe, session.pm, overrides or ())
+        _console().print(f"[green]ok[/]: {escape(loaded.summary())}")
+
+    @app.command()
+    def schema() -> None:
+        """Print the JSON Schema of recipes, for editors.
+
+        The schema (draft 2020-12) covers every registered component's options.
+        """
+        from gdmd.recipe import recipe_json_schema
+
+        typer.echo(json.dumps(recipe_json_schema(session.pm), indent=2))
+
+    @app.command()
+    def run(
+        recipe: Annotated[str, typer.Argument(help="The recipe (TOML) to run.")],
+        overrides: Annotated[
+            list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help=_SET_HELP)
+        ] = None,
+        resume: Annotated[
+            str | None,
+            typer.Option(
+                "--resume",
+                metavar="auto|DIR",
+                help="Resume from the run's latest checkpoint (auto) or from a checkpoint "
+                "directory.",
+            ),
+        ] = None,
+        dry_run: Annotated[
+            bool,
+            typer.Option("--dry-run", help="Build every component and stop before training."),
+        ] = False,
+    ) -> None:
+        """Run a recipe: distil, checkpoint, sample, evaluate.
+
+        Works unchanged under accelerate launch.
+        """
+        from gdmd.recipe import load_recipe
+
+        loaded = load_recipe(recipe, session.pm, overrides or ())
+        from rich.console import Console
+
+        from gdmd.train import runner
+
+        if dry_run:
+            runner.dry_run(loaded, session.pm, console=Console())
+        else:
+            runner.run_recipe(loaded, session.pm, resume=resume, console=Console())
+
+    return app
+
+
+def main() -> None:
+    """The ``gdmd`` console script."""
+    make_app()()
