@@ -76,7 +76,11 @@ def score(
         raw = call_reward(reward, images, prompts).reshape(-1, group)
         metrics[f"reward/{reward.label}"] = float(raw.detach().mean())
         if reward.normalise == "group":
-            value = group_normalise(raw) if group > 1 else group_normalise(raw.reshape(1, -1)).reshape(-1, 1)
+            value = (
+                group_normalise(raw)
+                if group > 1
+                else group_normalise(raw.reshape(1, -1)).reshape(-1, 1)
+            )
         else:
             value = raw
         mixed = mixed + reward.weight * value

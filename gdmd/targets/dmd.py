@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from gdmd.config import ComponentConfig
-from gdmd.interfaces import BuildContext, TargetContext, TargetOutput
+from gdmd.interfaces import TargetContext, TargetOutput
 from gdmd.targets.common import dmd_targets
-
-
-class DMDConfig(ComponentConfig):
-    """Plain DMD has no options: the renoise range lives in ``[train]``."""
 
 
 class DMDTarget:
@@ -23,7 +18,3 @@ class DMDTarget:
         targets, metrics = dmd_targets(ctx, k=1, vary_t=True, vary_fake=False)
         weights = torch.ones(targets.shape[:2], device=targets.device)
         return TargetOutput(targets=targets, weights=weights, metrics=metrics)
-
-
-def build_dmd(config: DMDConfig, ctx: BuildContext) -> DMDTarget:
-    return DMDTarget()

@@ -8,25 +8,11 @@ must be differentiable.
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 
-from gdmd.config import ComponentConfig
 from gdmd.contracts import call_reward, check_images
-from gdmd.interfaces import BuildContext, TargetContext, TargetOutput
+from gdmd.interfaces import TargetContext, TargetOutput
 from gdmd.targets.common import dmd_targets
-
-
-class DMDRConfig(ComponentConfig):
-    """Options of the ``dmdr`` target strategy."""
-
-    reward_scale: float = Field(
-        1.0, ge=0.0, description="Multiplier of the reward loss added to the DMD loss."
-    )
-    hinge: float | None = Field(
-        None,
-        description="If set, the reward loss is relu(hinge - r) (DMDR uses 0.7 for CLIP/HPS); "
-        "otherwise -r.",
-    )
+from gdmd.targets.configs import DMDRConfig
 
 
 class DMDRTarget:
@@ -51,7 +37,3 @@ class DMDRTarget:
         extra = self.config.reward_scale * extra
         metrics["dmdr/reward_loss"] = float(extra.detach())
         return TargetOutput(targets=targets, weights=weights, extra_loss=extra, metrics=metrics)
-
-
-def build_dmdr(config: DMDRConfig, ctx: BuildContext) -> DMDRTarget:
-    return DMDRTarget(config)

@@ -10,36 +10,12 @@ including a non-differentiable one.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 
-from gdmd.config import ComponentConfig
-from gdmd.interfaces import BuildContext, TargetContext, TargetOutput
+from gdmd.interfaces import TargetContext, TargetOutput
 from gdmd.losses import gdmd_weights, group_advantages
 from gdmd.targets.common import dmd_targets, score
-
-
-class GDMDConfig(ComponentConfig):
-    """Options of the ``gdmd`` target strategy."""
-
-    k: int = Field(4, ge=2, le=64, description="Targets per sample (the group size K).")
-    vary: Literal["t", "fake", "both"] = Field(
-        "t",
-        description='What differs between a group\'s targets: renoise time and noise ("t"), '
-        'critic snapshot from the inner loop ("fake"), or both.',
-    )
-    alpha: float = Field(1.0, ge=0.0, description="Weight of the plain DMD anchor.")
-    beta: float = Field(1.0, ge=0.0, description="Guidance strength: weight of the advantage.")
-    clip: float = Field(
-        1.0, gt=0.0, description="Advantages are clipped to [-clip, clip] and divided by clip."
-    )
-    weighting: Literal["advantage", "softmax"] = Field(
-        "advantage",
-        description='"advantage": alpha + beta * A_k (signed). "softmax": alpha + beta * '
-        "(K * softmax_k(A_k * clip) - 1), positive when beta <= alpha.",
-    )
+from gdmd.targets.configs import GDMDConfig
 
 
 class GDMDTarget:
@@ -70,11 +46,9 @@ class GDMDTarget:
             share = torch.softmax(advantages * cfg.clip, dim=1) * cfg.k
             weights = cfg.alpha + cfg.beta * (share - 1.0)
         metrics.update(reward_metrics)
-        metrics["gdmd/reward_spread"] = float((rewards.max(1).values - rewards.min(1).values).mean())
+        metrics["gdmd/reward_spread"] = float(
+            (rewards.max(1).values - rewards.min(1).values).mean()
+        )
         metrics["gdmd/weight_min"] = float(weights.min())
         metrics["gdmd/weight_max"] = float(weights.max())
         return TargetOutput(targets=targets, weights=weights.detach(), metrics=metrics)
-
-
-def build_gdmd(config: GDMDConfig, ctx: BuildContext) -> GDMDTarget:
-    return GDMDTarget(config)

@@ -7,21 +7,10 @@ sample, not the DMD target, and no gradient flows through the reward.
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 
-from gdmd.config import ComponentConfig
-from gdmd.interfaces import BuildContext, TargetContext, TargetOutput
+from gdmd.interfaces import TargetContext, TargetOutput
 from gdmd.targets.common import dmd_targets, score
-
-
-class RewardWeightedConfig(ComponentConfig):
-    """Options of the ``reward-weighted`` target strategy."""
-
-    beta: float = Field(1.0, ge=0.0, description="Temperature of the exp(beta * r) weights.")
-    normalise_weights: bool = Field(
-        True,
-        description="Divide the weights by their batch mean so the step size matches plain DMD.",
-    )
+from gdmd.targets.configs import RewardWeightedConfig
 
 
 class RewardWeightedTarget:
@@ -44,7 +33,3 @@ class RewardWeightedTarget:
         metrics.update(reward_metrics)
         metrics["reward_weighted/weight_max"] = float(weights.max())
         return TargetOutput(targets=targets, weights=weights.detach(), metrics=metrics)
-
-
-def build_reward_weighted(config: RewardWeightedConfig, ctx: BuildContext) -> RewardWeightedTarget:
-    return RewardWeightedTarget(config)

@@ -11,10 +11,11 @@ from gdmd.errors import ContractError
 from gdmd.interfaces import TargetContext, WeightedReward
 from gdmd.losses import dmd_gradient, group_advantages
 from gdmd.schedules import FlowMatchingSchedule
+from gdmd.targets.configs import DMDRConfig, GDMDConfig, RewardWeightedConfig
 from gdmd.targets.dmd import DMDTarget
-from gdmd.targets.dmdr import DMDRConfig, DMDRTarget
-from gdmd.targets.gdmd import GDMDConfig, GDMDTarget
-from gdmd.targets.reward_weighted import RewardWeightedConfig, RewardWeightedTarget
+from gdmd.targets.dmdr import DMDRTarget
+from gdmd.targets.gdmd import GDMDTarget
+from gdmd.targets.reward_weighted import RewardWeightedTarget
 
 SHAPE = (3, 4, 4)
 
