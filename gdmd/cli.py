@@ -192,19 +192,20 @@ def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
 
         console = _console()
         table = Table(title="gdmd components", title_justify="left", box=box.SIMPLE_HEAD)
-        for column in ("name", "kind", "roles", "plugin", "distribution", "version"):
-            table.add_column(column, overflow="fold", no_wrap=column in ("name", "kind"))
-        table.add_column("summary", overflow="fold")
+        table.add_column("name", no_wrap=True, style="bold")
+        table.add_column("kind", no_wrap=True)
+        table.add_column("from", no_wrap=True)
+        table.add_column("summary", overflow="fold", ratio=1)
         for item in listing["components"]:
-            table.add_row(
-                item["name"],
-                item["kind"],
-                ", ".join(item["roles"]),
-                item["plugin"],
-                item["distribution"] or "-",
-                item["version"] or "-",
-                item["summary"],
+            kind = item["kind"]
+            if item["roles"]:
+                kind += f" ({', '.join(r[0] for r in item['roles'])})"
+            origin = (
+                f"{item['distribution']} {item['version'] or ''}".strip()
+                if item["distribution"]
+                else item["plugin"]
             )
+            table.add_row(item["name"], kind, origin, item["summary"])
         from rich.console import Console
 
         Console(highlight=False).print(table)
@@ -281,6 +282,123 @@ def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
             runner.dry_run(loaded, session.pm, console=Console())
         else:
             runner.run_recipe(loaded, session.pm, resume=resume, console=Console())
+
+    @app.command()
+    def sample(
+        run_dir: Annotated[str, typer.Argument(help="A run directory written by gdmd run.")],
+        prompts_file: Annotated[
+            str, typer.Option("--prompts-file", help="Prompts, one per line.")
+        ],
+        out: Annotated[str, typer.Option("--out", help="Folder for the PNGs and index.jsonl.")],
+        steps: Annotated[
+            int | None,
+            typer.Option(help="Sampling steps (default: the student's own; teacher: 50)."),
+        ] = None,
+        seed: Annotated[
+            int, typer.Option(help="Seed of the first image; image i uses seed+i.")
+        ] = 0,
+        model: Annotated[
+            str, typer.Option(help="Which model samples: student or teacher.")
+        ] = "student",
+        guidance_scale: Annotated[
+            float | None, typer.Option(help="Teacher CFG scale (default: the recipe's).")
+        ] = None,
+    ) -> None:
+        """Write one PNG per prompt line, plus index.jsonl (prompt, seed, file)."""
+        from pathlib import Path
+
+        from gdmd.builtins.prompts import read_prompt_file
+        from gdmd.eval.harness import generate, load_run
+        from gdmd.images import to_pil
+
+        prompts = read_prompt_file(prompts_file)
+        run = load_run(run_dir, session.pm)
+        seeds = [seed + i for i in range(len(prompts))]
+        images = generate(
+            run, prompts, seeds, model=model, steps=steps, guidance_scale=guidance_scale
+        )
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / "index.jsonl").open("w") as index:
+            rows = zip(prompts, seeds, images, strict=True)
+            for i, (prompt, image_seed, image) in enumerate(rows):
+                name = f"{i:05d}.png"
+                to_pil(image).save(folder / name)
+                index.write(json.dumps({"prompt": prompt, "seed": image_seed, "file": name}) + "\n")
+        _console().print(f"[green]wrote[/] {len(prompts)} images to {folder}")
+
+    @app.command("eval")
+    def evaluate(
+        run_dirs: Annotated[list[str], typer.Argument(help="Run directories to compare.")],
+        teacher: Annotated[
+            bool, typer.Option("--teacher", help="Also evaluate the first run's teacher.")
+        ] = False,
+        teacher_steps: Annotated[
+            int, typer.Option(help="Sampling steps of the teacher row.")
+        ] = 50,
+        seeds: Annotated[
+            str | None, typer.Option(help="Comma-separated seeds (default: the recipe's [eval]).")
+        ] = None,
+        out: Annotated[
+            str | None,
+            typer.Option(help="Where to write eval.json and eval.md (default: the first run)."),
+        ] = None,
+    ) -> None:
+        """Evaluate runs on their held-out prompts and print one comparison table.
+
+        Metrics: each recipe reward's mean, the prompt source's own metrics (toy: exact-checker
+        accuracy per category, Frechet distance to fresh renders, diversity) and images/s.
+        """
+        from pathlib import Path
+
+        from rich import box
+        from rich.table import Table
+
+        from gdmd.eval.harness import evaluate as evaluate_run
+        from gdmd.eval.harness import load_run, results_markdown
+        from gdmd.images import save_grid
+
+        seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+        results = []
+        first = None
+        with _console().status("evaluating...", spinner="dots"):
+            for run_dir in run_dirs:
+                run = load_run(run_dir, session.pm)
+                if first is None:
+                    first = run
+                    if teacher:
+                        result, _, _ = evaluate_run(
+                            run, model="teacher", steps=teacher_steps, seeds=seed_list
+                        )
+                        results.append(result)
+                result, images, prompts = evaluate_run(run, seeds=seed_list)
+                results.append(result)
+                count = min(16, len(prompts))
+                save_grid(images[:count], Path(run_dir) / "eval_samples.png", prompts[:count],
+                          ncol=8, upscale=4)
+        columns = []
+        for r in results:
+            columns += [k for k in r.metrics if k not in columns]
+        table = Table(title="evaluation", title_justify="left", box=box.SIMPLE_HEAD)
+        table.add_column("model", style="bold")
+        table.add_column("steps", justify="right")
+        for column in columns:
+            table.add_column(column, justify="right")
+        for r in results:
+            table.add_row(
+                r.label, str(r.steps),
+                *(f"{r.metrics[c]:.4g}" if c in r.metrics else "-" for c in columns),
+            )
+        from rich.console import Console
+
+        Console(highlight=False).print(table)
+        folder = Path(out) if out else Path(run_dirs[0])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "eval.json").write_text(
+            json.dumps([r.to_json() for r in results], indent=1) + "\n"
+        )
+        (folder / "eval.md").write_text(results_markdown(results))
+        _console().print(f"wrote {folder / 'eval.json'} and {folder / 'eval.md'}")
 
     return app
 

@@ -326,6 +326,8 @@ class _UNet(nn.Module):
 
     def __init__(self, config: TinyUNetConfig) -> None:
         super().__init__()
+        config = config.filled()
+        assert config.channels is not None
         chans = list(config.channels)
         emb_dim = 4 * chans[0]
         attend = config.resolved_attention_levels()
@@ -389,6 +391,7 @@ class TinyDiffusionModel(nn.Module):
 
     def __init__(self, config: TinyUNetConfig) -> None:
         super().__init__()
+        config = config.filled()
         self.config = config
         self.schedule = FlowMatchingSchedule()
         self.sample_shape: tuple[int, ...] = (3, config.image_size, config.image_size)
@@ -596,7 +599,7 @@ def _adopt(requested: TinyUNetConfig, source: TinyUNetConfig, where: str) -> Tin
     conflicts = [
         f"{name} = {wanted[name]!r} (it has {actual[name]!r})"
         for name in ARCHITECTURE_FIELDS
-        if name in requested.model_fields_set and wanted[name] != actual[name]
+        if getattr(requested, name) is not None and wanted[name] != actual[name]
     ]
     if conflicts:
         raise ModelLoadError(
@@ -604,9 +607,8 @@ def _adopt(requested: TinyUNetConfig, source: TinyUNetConfig, where: str) -> Tin
             + "; ".join(conflicts)
             + ". Leave these fields out to use the model's own architecture."
         )
-    return requested.model_copy(
-        update={name: getattr(source, name) for name in ARCHITECTURE_FIELDS}
-    )
+    full = source.filled()
+    return requested.model_copy(update={name: getattr(full, name) for name in ARCHITECTURE_FIELDS})
 
 
 def build_tiny_unet(config: TinyUNetConfig, ctx: BuildContext) -> TinyDiffusionModel:

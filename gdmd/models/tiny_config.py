@@ -35,39 +35,61 @@ ARCHITECTURE_FIELDS = (
     "max_tokens",
 )
 
+#: Architecture used for a fresh model when the recipe leaves a field unset.
+ARCHITECTURE_DEFAULTS: dict[str, Any] = {
+    "image_size": 32,
+    "channels": (48, 96, 128),
+    "attention_levels": (-2, -1),
+    "text_width": 64,
+    "text_layers": 2,
+    "heads": 4,
+    "vocabulary": list(DEFAULT_VOCABULARY),
+    "max_tokens": 16,
+}
+
 
 class TinyUNetConfig(ComponentConfig):
-    """Options of the ``tiny-unet`` model family."""
+    """Options of the ``tiny-unet`` model family.
+
+    Architecture fields left unset take the saved model's values when ``model`` is set (or
+    the ``init_from`` model's), else the defaults in :data:`ARCHITECTURE_DEFAULTS`.
+    """
 
     model: str | None = Field(
         default=None,
         description="Directory written by save_pretrained to load the architecture and weights "
         "from; unset: random initialisation (or a copy of init_from).",
     )
-    image_size: int = Field(
-        default=32, ge=2, description="Side of the square RGB images, in pixels."
+    image_size: int | None = Field(
+        default=None, ge=2, description="Side of the square RGB images, in pixels (default 32)."
     )
-    channels: tuple[Annotated[int, Field(ge=4)], ...] = Field(
-        default=(48, 96, 128),
+    channels: tuple[Annotated[int, Field(ge=4)], ...] | None = Field(
+        default=None,
         min_length=1,
         description="U-Net channels per level; level 0 runs at image_size/2 (after a 2x2 "
         "pixel-unshuffle), each further level at half the previous resolution.",
     )
-    attention_levels: tuple[int, ...] = Field(
-        default=(-2, -1),
+    attention_levels: tuple[int, ...] | None = Field(
+        default=None,
         description="U-Net levels with self- and cross-attention, as indices into channels "
         "(negative counts from the lowest resolution). The middle block always has both.",
     )
-    text_width: int = Field(default=64, ge=8, description="Width of the text encoder.")
-    text_layers: int = Field(default=2, ge=1, description="Transformer layers of the text encoder.")
-    heads: int = Field(default=4, ge=1, description="Attention heads (text encoder and U-Net).")
-    vocabulary: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_VOCABULARY),
+    text_width: int | None = Field(
+        default=None, ge=8, description="Width of the text encoder (default 64)."
+    )
+    text_layers: int | None = Field(
+        default=None, ge=1, description="Transformer layers of the text encoder (default 2)."
+    )
+    heads: int | None = Field(
+        default=None, ge=1, description="Attention heads, text encoder and U-Net (default 4)."
+    )
+    vocabulary: list[str] | None = Field(
+        default=None,
         min_length=1,
         description="Known lowercase words; any other word becomes [UNK].",
     )
-    max_tokens: int = Field(
-        default=16, ge=1, le=512, description="Prompt length in words; longer prompts are cut."
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=512, description="Prompt length in words; longer prompts are cut."
     )
     prompt_dropout: float = Field(
         default=0.1,
@@ -80,7 +102,9 @@ class TinyUNetConfig(ComponentConfig):
 
     @field_validator("vocabulary")
     @classmethod
-    def _check_vocabulary(cls, words: list[str]) -> list[str]:
+    def _check_vocabulary(cls, words: list[str] | None) -> list[str] | None:
+        if words is None:
+            return None
         bad = [w for w in words if not (w.isalpha() and w == w.lower())]
         if bad:
             raise ValueError(
@@ -94,6 +118,18 @@ class TinyUNetConfig(ComponentConfig):
 
     @model_validator(mode="after")
     def _check_shapes(self) -> TinyUNetConfig:
+        if self.model is not None:
+            # The saved model's architecture decides; fields set here are compared with it
+            # when it is loaded.
+            return self
+        full = self.filled()
+        full._check_filled()
+        return self
+
+    def _check_filled(self) -> None:
+        assert self.channels is not None and self.image_size is not None
+        assert self.attention_levels is not None
+        assert self.text_width is not None and self.heads is not None
         levels = len(self.channels)
         factor = 2**levels
         if self.image_size % factor:
@@ -118,15 +154,22 @@ class TinyUNetConfig(ComponentConfig):
                     f"channels[{level}] = {self.channels[level]} has attention and is not "
                     f"divisible by heads {self.heads}"
                 )
-        return self
+
+    def filled(self) -> TinyUNetConfig:
+        """This config with every unset architecture field at the family default."""
+        update = {k: v for k, v in ARCHITECTURE_DEFAULTS.items() if getattr(self, k) is None}
+        return self.model_copy(update=update)
 
     def resolved_attention_levels(self) -> frozenset[int]:
-        """``attention_levels`` as non-negative level indices."""
-        return frozenset(i % len(self.channels) for i in self.attention_levels)
+        """``attention_levels`` (defaults filled in) as non-negative level indices."""
+        full = self.filled()
+        assert full.channels is not None and full.attention_levels is not None
+        return frozenset(i % len(full.channels) for i in full.attention_levels)
 
     def architecture(self) -> dict[str, Any]:
-        """The fields that fix the network, with attention levels resolved (for comparison)."""
-        arch = {name: getattr(self, name) for name in ARCHITECTURE_FIELDS}
+        """The fields that fix the network, defaults filled in and attention levels resolved."""
+        full = self.filled()
+        arch = {name: getattr(full, name) for name in ARCHITECTURE_FIELDS}
         arch["attention_levels"] = sorted(self.resolved_attention_levels())
-        arch["channels"] = list(self.channels)
+        arch["channels"] = list(full.channels or ())
         return arch

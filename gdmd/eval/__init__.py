@@ -1,0 +1,1 @@
+"""Evaluation: sampling finished runs and comparing them."""
