@@ -4,6 +4,8 @@
 # The install step runs again only when pyproject.toml changes (a stamp file in .venv).
 
 PYTHON ?= python3
+# Nothing here needs the Hugging Face Hub; fail fast instead of retrying DNS lookups.
+export HF_HUB_OFFLINE ?= 1
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 # Extra pip arguments for torch, e.g. TORCH_PIP_ARGS='--index-url https://download.pytorch.org/whl/cpu'
@@ -11,14 +13,17 @@ TORCH_PIP_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.gdmd-installed
 
-# The demo's main job; the toy-benchmark demo replaces it later.
-DEMO_CMD ?= $(BIN)/gdmd list-plugins && $(BIN)/gdmd run recipes/tiny_cpu.toml --dry-run
+# The demo's main job: train (or reuse) the toy teacher and reward, distil the 4-step GDMD
+# student, evaluate it next to the teacher and write runs/toy-gdmd/comparison.png.
+# --resume auto makes a second `make demo` reuse the finished run instead of refusing it.
+DEMO_CMD ?= $(BIN)/gdmd run recipes/toy/gdmd.toml --resume auto && \
+	$(BIN)/gdmd eval runs/toy-gdmd --teacher
 
 # The test command. The fixture plugin distributions (tests/fixtures/) are installed by the
 # tests themselves, with pip, into a temporary directory (see tests/foundation/test_distributions.py).
 TEST_CMD ?= HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-.PHONY: demo test install lint clean-venv
+.PHONY: demo test install lint clean-venv benchmark bench-engine
 
 demo: install
 	$(DEMO_CMD)
@@ -36,6 +41,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,plots]'
 	touch $@
+
+# Every toy recipe over three seeds; rewrites docs/benchmarks/ (about an hour on 2 cores).
+benchmark: install
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/toy.py
+
+# Loop overhead, GDMD step cost and peak memory on the tiny family (a few minutes).
+bench-engine: install
+	$(BIN)/python benchmarks/engine.py
 
 lint: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'ruff>=0.5'

@@ -351,6 +351,7 @@ def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
         """
         from pathlib import Path
 
+        import torch
         from rich import box
         from rich.table import Table
 
@@ -360,22 +361,27 @@ def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
 
         seed_list = [int(s) for s in seeds.split(",")] if seeds else None
         results = []
-        first = None
+        rows: list[tuple[str, Any]] = []
+        shown: list[str] = []
         with _console().status("evaluating...", spinner="dots"):
-            for run_dir in run_dirs:
+            for index, run_dir in enumerate(run_dirs):
                 run = load_run(run_dir, session.pm)
-                if first is None:
-                    first = run
-                    if teacher:
-                        result, _, _ = evaluate_run(
-                            run, model="teacher", steps=teacher_steps, seeds=seed_list
-                        )
-                        results.append(result)
-                result, images, prompts = evaluate_run(run, seeds=seed_list)
-                results.append(result)
-                count = min(16, len(prompts))
-                save_grid(images[:count], Path(run_dir) / "eval_samples.png", prompts[:count],
-                          ncol=8, upscale=4)
+                jobs = [("teacher", teacher_steps)] if teacher and index == 0 else []
+                for model, steps in [*jobs, ("student", None)]:
+                    result, images, prompts = evaluate_run(
+                        run, model=model, steps=steps, seeds=seed_list
+                    )
+                    results.append(result)
+                    # The same first prompts and seeds for every model: one row each.
+                    rows.append((result.label, images[:8]))
+                    shown = prompts[:8]
+        folder = Path(out) if out else Path(run_dirs[0])
+        folder.mkdir(parents=True, exist_ok=True)
+        grid = torch.cat([images for _, images in rows])
+        save_grid(
+            grid, folder / "comparison.png", shown * len(rows), ncol=len(shown), upscale=4,
+            row_labels=[label for label, _ in rows],
+        )
         columns = []
         for r in results:
             columns += [k for k in r.metrics if k not in columns]
@@ -392,13 +398,13 @@ def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
         from rich.console import Console
 
         Console(highlight=False).print(table)
-        folder = Path(out) if out else Path(run_dirs[0])
-        folder.mkdir(parents=True, exist_ok=True)
         (folder / "eval.json").write_text(
             json.dumps([r.to_json() for r in results], indent=1) + "\n"
         )
         (folder / "eval.md").write_text(results_markdown(results))
-        _console().print(f"wrote {folder / 'eval.json'} and {folder / 'eval.md'}")
+        _console().print(
+            f"wrote {folder / 'eval.json'}, {folder / 'eval.md'} and {folder / 'comparison.png'}"
+        )
 
     return app
 

@@ -26,8 +26,12 @@ def make_grid(
     ncol: int | None = None,
     upscale: int = 1,
     caption_height: int = 12,
+    row_labels: Sequence[str] | None = None,
 ) -> Image.Image:
-    """Tile ``[B, 3, H, W]`` images in ``[0, 1]`` into one picture, captions under each tile."""
+    """Tile ``[B, 3, H, W]`` images in ``[0, 1]`` into one picture.
+
+    ``captions`` go under each tile, ``row_labels`` to the left of each row.
+    """
     b = images.shape[0]
     ncol = ncol or min(b, 8)
     nrow = math.ceil(b / ncol)
@@ -35,11 +39,15 @@ def make_grid(
     w, h = tiles[0].size
     cap = caption_height if captions else 0
     pad = 2
-    grid = Image.new("RGB", (ncol * (w + pad) + pad, nrow * (h + cap + pad) + pad), (40, 40, 40))
+    left = 6 * max((len(label) for label in row_labels), default=0) + 8 if row_labels else 0
+    size = (left + ncol * (w + pad) + pad, nrow * (h + cap + pad) + pad)
+    grid = Image.new("RGB", size, (40, 40, 40))
     draw = ImageDraw.Draw(grid)
+    for r, label in enumerate(row_labels or []):
+        draw.text((4, pad + r * (h + cap + pad) + h // 2 - 6), label, fill=(255, 255, 255))
     for i, tile in enumerate(tiles):
         r, c = divmod(i, ncol)
-        x, y = pad + c * (w + pad), pad + r * (h + cap + pad)
+        x, y = left + pad + c * (w + pad), pad + r * (h + cap + pad)
         grid.paste(tile, (x, y))
         if captions:
             text = captions[i]
@@ -57,9 +65,10 @@ def save_grid(
     captions: Sequence[str] | None = None,
     ncol: int | None = None,
     upscale: int = 1,
+    row_labels: Sequence[str] | None = None,
 ) -> Path:
     """Write :func:`make_grid` as a PNG (parent folders created) and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    make_grid(images, captions, ncol, upscale).save(path)
+    make_grid(images, captions, ncol, upscale, row_labels=row_labels).save(path)
     return path

@@ -103,7 +103,9 @@ def build_text_file(config: TextFilePromptsConfig, ctx: BuildContext) -> PromptL
 
 @hookimpl
 def gdmd_register_prompts(register: Register) -> None:
-    """Register the ``list`` and ``text-file`` prompt sources."""
+    """Register the ``list``, ``text-file`` and ``toy`` prompt sources."""
+    from gdmd.toy.factories import ToyPromptsConfig, build_toy_prompts
+
     register(
         "list",
         build_list,
@@ -115,4 +117,10 @@ def gdmd_register_prompts(register: Register) -> None:
         build_text_file,
         config=TextFilePromptsConfig,
         summary="Prompts read from text files, one per line (path, eval_path).",
+    )
+    register(
+        "toy",
+        build_toy_prompts,
+        config=ToyPromptsConfig,
+        summary="The toy shapes grammar: balanced training prompts, held-out evaluation prompts.",
     )

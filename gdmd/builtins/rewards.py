@@ -10,6 +10,13 @@ from gdmd.rewards.simple import BrightnessConfig, ChannelConfig, build_brightnes
 @hookimpl
 def gdmd_register_rewards(register: Register) -> None:
     """Register the built-in reward models."""
+    from gdmd.toy.factories import (
+        ToyAlignmentRewardConfig,
+        ToyCheckerRewardConfig,
+        build_alignment_reward,
+        build_checker_reward,
+    )
+
     register(
         "brightness", build_brightness, config=BrightnessConfig,
         summary="Mean pixel value (or closeness to a target); differentiable, for smoke tests",
@@ -17,4 +24,12 @@ def gdmd_register_rewards(register: Register) -> None:
     register(
         "channel", build_channel, config=ChannelConfig,
         summary="How much one colour channel dominates; differentiable, for smoke tests",
+    )
+    register(
+        "toy-alignment", build_alignment_reward, config=ToyAlignmentRewardConfig,
+        summary="Learned prompt alignment on toy shapes (tiny CLIP); differentiable, cached",
+    )
+    register(
+        "toy-checker", build_checker_reward, config=ToyCheckerRewardConfig,
+        summary="Exact rule-based checker of toy prompts (GenEval analogue); 0/1, not differentiable",
     )

@@ -42,8 +42,16 @@ class LoadedRun:
     step: int
 
 
-def load_run(run_dir: str | Path, pm: Any, device: torch.device | None = None) -> LoadedRun:
-    """Rebuild a run from ``resolved.toml`` and load the student from its newest checkpoint."""
+def load_run(
+    run_dir: str | Path,
+    pm: Any,
+    device: torch.device | None = None,
+    checkpoint: Path | None = None,
+) -> LoadedRun:
+    """Rebuild a run from ``resolved.toml`` and load the student from a checkpoint.
+
+    ``checkpoint`` defaults to the run's newest whole checkpoint.
+    """
     from gdmd.recipe import load_recipe
     from gdmd.sampling import default_timesteps
     from gdmd.train.runner import build_components
@@ -52,7 +60,7 @@ def load_run(run_dir: str | Path, pm: Any, device: torch.device | None = None) -
     resolved = run_dir / "resolved.toml"
     if not resolved.is_file():
         raise RunDirError(f"{run_dir} is not a run directory: it has no resolved.toml")
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    checkpoint = checkpoint or latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
         raise CheckpointError(f"{run_dir} has no complete checkpoint to load the student from")
     recipe = load_recipe(resolved, pm)

@@ -61,7 +61,8 @@ def test_eval_compares_runs_and_writes_json_and_markdown(gdmd_pm, finished_run) 
         assert row["metrics"]["images_per_s"] > 0
     markdown = (finished_run / "eval.md").read_text()
     assert markdown.startswith("| model | steps | images | reward/red | images_per_s |")
-    assert (finished_run / "eval_samples.png").is_file()
+    grid = Image.open(finished_run / "comparison.png")  # one row per model, 2 prompts
+    assert grid.width > grid.height > 2 * 8 * 4
 
 
 def test_sample_rejects_a_folder_that_is_not_a_run(gdmd_pm, tmp_path) -> None:
