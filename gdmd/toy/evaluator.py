@@ -194,7 +194,7 @@ def train_evaluator(
     seed: int = 0,
     progress: ProgressCallback | None = None,
     *,
-    lr: float = 4e-3,
+    lr: float = 8e-3,
     architecture: EvaluatorArchitecture | None = None,
 ) -> AttributeEvaluator:
     """Train the attribute classifier on clean renders of every grammar prompt.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,22 +11,26 @@ import torch
 
 from gdmd.errors import ContractError
 from gdmd.toy.evaluator import (
+    KINDS,
     AttributeEvaluator,
     EvaluatorArchitecture,
+    cell_targets,
     frechet_distance,
+    load_or_train_evaluator,
     mean_pairwise_distance,
+    scene_counts,
     train_evaluator,
 )
 from gdmd.toy.grammar import evaluation_prompts
-from gdmd.toy.render import render_prompts
+from gdmd.toy.render import Scene, Shape, render_prompts
 
-TINY = EvaluatorArchitecture(widths=(8, 16, 16, 32), hidden=64, feature_dim=32)
+TINY = EvaluatorArchitecture(widths=(8, 16, 24))
 PROMPTS = evaluation_prompts(40)  # 200 prompts
 
 
 @pytest.fixture(scope="module")
 def evaluator() -> AttributeEvaluator:
-    return train_evaluator(steps=80, batch_size=32, seed=0, architecture=TINY, lr=4e-3)
+    return train_evaluator(steps=80, batch_size=32, seed=0, architecture=TINY)
 
 
 def renders(seed: int) -> torch.Tensor:
@@ -34,7 +39,10 @@ def renders(seed: int) -> torch.Tensor:
 
 def test_features_contract(evaluator: AttributeEvaluator) -> None:
     features = evaluator.features(renders(0)[:10])
-    assert features.shape == (10, TINY.feature_dim) and features.dtype == torch.float32
+    assert (
+        features.shape == (10, evaluator.feature_dim) == (10, 24 + 48)
+        and features.dtype == torch.float32
+    )
     assert torch.isfinite(features).all()
     with pytest.raises(ContractError):
         evaluator.features(torch.zeros(2, 1, 32, 32))
@@ -87,3 +95,21 @@ def test_save_and_load_round_trip(evaluator: AttributeEvaluator, tmp_path: Path)
     loaded = AttributeEvaluator.from_pretrained(tmp_path)
     images = renders(5)[:8]
     assert torch.allclose(evaluator.features(images), loaded.features(images))
+
+
+def test_cell_targets_and_counts_follow_the_scene() -> None:
+    scene = Scene((Shape("circle", "red", 1, 1, 8), Shape("circle", "red", 20, 20, 10)))
+    targets = cell_targets([scene])
+    red_circle = KINDS.index(("red", "circle")) + 1
+    assert targets[0, 1, 1] == red_circle and targets[0, 6, 6] == red_circle
+    assert int((targets > 0).sum()) == 2
+    assert scene_counts([scene])[0, red_circle - 1] == 2
+
+
+def test_load_or_train_uses_the_cache(tmp_path: Path) -> None:
+    first = load_or_train_evaluator(steps=2, batch_size=4, architecture=TINY, cache_root=tmp_path)
+    (entry,) = (tmp_path / "toy-evaluator").iterdir()
+    assert set(json.loads((entry / "accuracy.json").read_text())) == {"per_count", "all_counts"}
+    second = load_or_train_evaluator(steps=2, batch_size=4, architecture=TINY, cache_root=tmp_path)
+    images = renders(6)[:4]
+    assert torch.equal(first.features(images), second.features(images))
