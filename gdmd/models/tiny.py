@@ -8,10 +8,12 @@ run the whole distillation loop in CPU tests in seconds.
 Architecture (defaults in brackets):
 
 * a 2x2 pixel-unshuffle of the ``[B, 3, S, S]`` input to ``S/2 x S/2`` with 12 channels;
-* a U-Net with one residual block per level [channels 48/96/128 at 16/8/4 px], FiLM
-  conditioning of every residual block on time + pooled text (Perez et al., 2018), and
-  self-attention followed by cross-attention to the per-token text states at
-  ``attention_levels`` [the two lowest resolutions] and in the middle block;
+* a U-Net with one residual block per level on the way down and up [channels 48/96/128 at
+  16/8/4 px] and two around an attention block in the middle, skip connections
+  concatenated, 2x2 transposed convolutions to upsample; FiLM conditioning of every
+  residual block on time + pooled text (Perez et al., 2018); self-attention followed by
+  cross-attention to the per-token text states at ``attention_levels`` [the two lowest
+  resolutions] and in the middle;
 * a word-level text encoder [2 pre-norm transformer layers, width 64] with learned positional
   embeddings, so word order ("left of", colour-shape binding) reaches the image. A learned
   null token is always present among the cross-attention keys, so the empty prompt (the
@@ -326,12 +328,12 @@ class _UNet(nn.Module):
 
     def __init__(self, config: TinyUNetConfig) -> None:
         super().__init__()
-        config = config.filled()
-        assert config.channels is not None
-        chans = list(config.channels)
+        arch = config.architecture()
+        chans: list[int] = arch["channels"]
         emb_dim = 4 * chans[0]
-        attend = config.resolved_attention_levels()
-        width, heads = config.text_width, config.heads
+        attend = set(arch["attention_levels"])
+        width: int = arch["text_width"]
+        heads: int = arch["heads"]
         self.time_mlp = nn.Sequential(
             nn.Linear(self._TIME_FEATURES, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
@@ -391,18 +393,18 @@ class TinyDiffusionModel(nn.Module):
 
     def __init__(self, config: TinyUNetConfig) -> None:
         super().__init__()
-        config = config.filled()
-        self.config = config
+        self.config = config.filled()
+        arch = self.config.architecture()
         self.schedule = FlowMatchingSchedule()
-        self.sample_shape: tuple[int, ...] = (3, config.image_size, config.image_size)
+        self.sample_shape: tuple[int, ...] = (3, arch["image_size"], arch["image_size"])
         self.decoder = PixelDecoder()
-        self.tokenizer = WordTokenizer(config.vocabulary, config.max_tokens)
+        self.tokenizer = WordTokenizer(arch["vocabulary"], arch["max_tokens"])
         self.text_encoder = _TextEncoder(
             self.tokenizer.vocab_size,
-            config.max_tokens,
-            config.text_width,
-            config.text_layers,
-            config.heads,
+            arch["max_tokens"],
+            arch["text_width"],
+            arch["text_layers"],
+            arch["heads"],
         )
         self.unet = _UNet(config)
 

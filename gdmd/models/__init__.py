@@ -1,0 +1,1 @@
+"""Built-in model families: tiny-unet (built in code) and sd3 (diffusers)."""
