@@ -59,7 +59,8 @@ def train_toy_teacher(config: ToyTeacherConfig, directory: Any) -> None:
 
     generator = torch.Generator().manual_seed(config.seed)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+        # Only the CPU generator: fork_rng(devices=[]) would not restore reseeded CUDA ones.
+        torch.default_generator.manual_seed(config.seed)
         model = TinyDiffusionModel(TinyUNetConfig(channels=config.channels))
     batches = training_batches(training_prompts(), config.batch_size, seed=config.seed)
     with task("training the toy teacher", config.train_steps) as update:
