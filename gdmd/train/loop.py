@@ -244,8 +244,13 @@ def train(
         with context, accelerator.autocast():
             return student(x_t, t_i, cond)
 
+    trainable_params = {
+        id(student): [p for p in student.parameters() if p.requires_grad],
+        id(critic): [p for p in critic.parameters() if p.requires_grad],
+    }
+
     def clip_and_check(model: torch.nn.Module, what: str, step: int) -> float:
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = trainable_params[id(model)]
         max_norm = s.grad_clip if s.grad_clip is not None else float("inf")
         norm = accelerator.clip_grad_norm_(params, max_norm)
         norm_t = torch.as_tensor(norm)
@@ -280,7 +285,8 @@ def train(
             # 3. Critic updates on fresh, detached student samples (two-time-scale rule).
             critic.train()
             snapshots.clear()
-            critic_losses = []
+            critic_losses: list[float] = []
+            critic_norms: list[float] = []
             for _ in range(s.critic_steps):
                 opt_critic.zero_grad(set_to_none=True)
                 for micro in range(s.gradient_accumulation_steps):
@@ -300,7 +306,7 @@ def train(
                     _check_finite(loss, "critic loss", step)
                     accelerator.backward(loss / s.gradient_accumulation_steps)
                     critic_losses.append(float(loss.detach()))
-                metrics["critic/grad_norm"] = clip_and_check(critic, "critic", step)
+                critic_norms.append(clip_and_check(critic, "critic", step))
                 opt_critic.step()
                 sched_critic.step()
                 if snapshots_wanted:
@@ -309,6 +315,7 @@ def train(
                     )
                     del snapshots[: -snapshots_wanted]
             metrics["critic/loss"] = sum(critic_losses) / len(critic_losses)
+            metrics["critic/grad_norm"] = sum(critic_norms) / len(critic_norms)
             critic.eval()
 
             # 4. Student update: targets (and weights) from the strategy, then regression.

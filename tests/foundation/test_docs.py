@@ -62,3 +62,15 @@ def test_every_recipe_key_is_documented(table: str, model: type) -> None:
 @pytest.mark.parametrize("command", ["list-plugins", "validate", "schema", "run"])
 def test_every_command_is_documented(command: str) -> None:
     assert f"## `gdmd {command}" in (DOCS / "cli.md").read_text(encoding="utf-8")
+
+
+def test_component_reference_matches_the_config_models() -> None:
+    """docs/components.md is generated; regenerate with `python -m gdmd.docgen`."""
+    from pathlib import Path
+
+    from gdmd.docgen import component_reference
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "components.md"
+    assert page.read_text() == component_reference(), (
+        "docs/components.md is stale: run `python -m gdmd.docgen > docs/components.md`"
+    )
