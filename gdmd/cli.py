@@ -372,9 +372,11 @@ def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
                         run, model=model, steps=steps, seeds=seed_list
                     )
                     results.append(result)
-                    # The same first prompts and seeds for every model: one row each.
-                    rows.append((result.label, images[:8]))
-                    shown = prompts[:8]
+                    # The same prompts and seeds for every model, one row each, spread over
+                    # the prompt list (evaluation prompts come grouped by category).
+                    stride = max(1, len(prompts) // 8)
+                    rows.append((result.label, images[::stride][:8]))
+                    shown = prompts[::stride][:8]
         folder = Path(out) if out else Path(run_dirs[0])
         folder.mkdir(parents=True, exist_ok=True)
         grid = torch.cat([images for _, images in rows])

@@ -30,7 +30,8 @@ def call_reward(
     batch = images.shape[0]
     if not isinstance(scores, torch.Tensor):
         raise ContractError(
-            f"{_who(reward)} returned {type(scores).__name__}, expected a torch.Tensor of shape [{batch}]"
+            f"{_who(reward)} returned {type(scores).__name__}, "
+            f"expected a torch.Tensor of shape [{batch}]"
         )
     if tuple(scores.shape) != (batch,):
         raise ContractError(

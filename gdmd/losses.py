@@ -53,11 +53,15 @@ def gradient_target_loss(
     if weights is None:
         return per_sample.mean()
     if weights.shape != per_sample.shape:
-        raise ValueError(f"weights must have shape {tuple(per_sample.shape)}, got {tuple(weights.shape)}")
+        raise ValueError(
+            f"weights must have shape {tuple(per_sample.shape)}, got {tuple(weights.shape)}"
+        )
     return (weights.detach().float() * per_sample).mean()
 
 
-def group_target_loss(x: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def group_target_loss(
+    x: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """GDMD's student loss over a target group.
 
     ``L = mean_b mean_k w_bk * 0.5 * mean_i (x_bi - sg(target_bki))^2``

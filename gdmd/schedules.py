@@ -88,7 +88,9 @@ class VPSchedule:
         self.num_train_timesteps = num_train_timesteps
         betas = (
             torch.linspace(
-                math.sqrt(beta_start), math.sqrt(beta_end), num_train_timesteps,
+                math.sqrt(beta_start),
+                math.sqrt(beta_end),
+                num_train_timesteps,
                 dtype=torch.float64,
             )
             ** 2

@@ -37,14 +37,20 @@ def gdmd_register_models(register: Register) -> None:
     from gdmd.models.tiny_config import TinyUNetConfig
 
     register(
-        "tiny-unet", _tiny_unet, config=TinyUNetConfig,
+        "tiny-unet",
+        _tiny_unet,
+        config=TinyUNetConfig,
         summary="Tiny text-conditioned pixel-space U-Net (flow matching), built in code",
     )
     register(
-        "toy-teacher", _toy_teacher, config=ToyTeacherConfig,
+        "toy-teacher",
+        _toy_teacher,
+        config=ToyTeacherConfig,
         summary="tiny-unet trained on the toy shapes domain; trained on first use and cached",
     )
     register(
-        "sd3", _sd3, config=SD3Config,
+        "sd3",
+        _sd3,
+        config=SD3Config,
         summary="Stable Diffusion 3 / 3.5 (diffusers), full or LoRA fine-tuning",
     )

@@ -18,18 +18,27 @@ def gdmd_register_rewards(register: Register) -> None:
     )
 
     register(
-        "brightness", build_brightness, config=BrightnessConfig,
+        "brightness",
+        build_brightness,
+        config=BrightnessConfig,
         summary="Mean pixel value (or closeness to a target); differentiable, for smoke tests",
     )
     register(
-        "channel", build_channel, config=ChannelConfig,
+        "channel",
+        build_channel,
+        config=ChannelConfig,
         summary="How much one colour channel dominates; differentiable, for smoke tests",
     )
     register(
-        "toy-alignment", build_alignment_reward, config=ToyAlignmentRewardConfig,
+        "toy-alignment",
+        build_alignment_reward,
+        config=ToyAlignmentRewardConfig,
         summary="Learned prompt alignment on toy shapes (tiny CLIP); differentiable, cached",
     )
     register(
-        "toy-checker", build_checker_reward, config=ToyCheckerRewardConfig,
-        summary="Exact rule-based checker of toy prompts (GenEval analogue); 0/1, not differentiable",
+        "toy-checker",
+        build_checker_reward,
+        config=ToyCheckerRewardConfig,
+        summary="Exact rule-based checker of toy prompts (GenEval analogue); 0/1, "
+        "not differentiable",
     )

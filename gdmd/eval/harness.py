@@ -79,9 +79,10 @@ def load_run(
     student.eval()
     run_json = run_dir / "run.json"
     info = json.loads(run_json.read_text()) if run_json.is_file() else {}
-    timesteps = info.get("student_timesteps") or default_timesteps(
-        recipe.student.steps, parts.teacher.schedule
-    ).tolist()
+    timesteps = (
+        info.get("student_timesteps")
+        or default_timesteps(recipe.student.steps, parts.teacher.schedule).tolist()
+    )
     for model in (parts.teacher, parts.student):
         model.to(device)  # type: ignore[attr-defined]
     return LoadedRun(
@@ -120,7 +121,8 @@ def generate(
     device = next(net.parameters()).device  # type: ignore[attr-defined]
     if model == "student":
         times = (
-            run.student_timesteps if steps is None
+            run.student_timesteps
+            if steps is None
             else default_timesteps(steps, net.schedule).tolist()
         )
     else:

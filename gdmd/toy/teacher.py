@@ -65,7 +65,11 @@ def train_toy_teacher(config: ToyTeacherConfig, directory: Any) -> None:
     batches = training_batches(training_prompts(), config.batch_size, seed=config.seed)
     with task("training the toy teacher", config.train_steps) as update:
         pretrain_flow_matching(
-            model, batches, config.train_steps, config.lr, generator,
+            model,
+            batches,
+            config.train_steps,
+            config.lr,
+            generator,
             ema_decay=config.ema_decay,
             progress=lambda step, loss: update(step, f"loss {loss:.4f}"),
         )

@@ -176,11 +176,15 @@ def train(
     critic_module: torch.nn.Module = parts.critic  # type: ignore[assignment]
     opt_student = torch.optim.AdamW(
         list(parts.student.trainable_parameters()),
-        lr=s.student_lr, betas=s.adam_betas, weight_decay=s.weight_decay,
+        lr=s.student_lr,
+        betas=s.adam_betas,
+        weight_decay=s.weight_decay,
     )
     opt_critic = torch.optim.AdamW(
         list(parts.critic.trainable_parameters()),
-        lr=s.critic_lr, betas=s.adam_betas, weight_decay=s.weight_decay,
+        lr=s.critic_lr,
+        betas=s.adam_betas,
+        weight_decay=s.weight_decay,
     )
     sched_student = torch.optim.lr_scheduler.LambdaLR(opt_student, _warmup(s.warmup_steps))
     sched_critic = torch.optim.lr_scheduler.LambdaLR(opt_critic, _warmup(s.warmup_steps))
@@ -313,7 +317,7 @@ def train(
                     snapshots.append(
                         {n: p.detach().clone() for n, p in _trainable(critic_inner).items()}
                     )
-                    del snapshots[: -snapshots_wanted]
+                    del snapshots[:-snapshots_wanted]
             metrics["critic/loss"] = sum(critic_losses) / len(critic_losses)
             metrics["critic/grad_norm"] = sum(critic_norms) / len(critic_norms)
             critic.eval()
@@ -436,4 +440,3 @@ def _load_ema(model: torch.nn.Module, ema: dict[str, torch.Tensor]) -> None:
         for name, p in model.named_parameters():
             if name in ema:
                 p.copy_(ema[name])
-

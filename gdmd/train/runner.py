@@ -121,7 +121,11 @@ def build_components(recipe: Any, accelerator: Accelerator | None = None) -> Com
     if problems:
         raise RecipeError(problems)
     return Components(
-        teacher=teacher, student=student, critic=critic, rewards=rewards, target=target,
+        teacher=teacher,
+        student=student,
+        critic=critic,
+        rewards=rewards,
+        target=target,
         prompts=prompts,
     )
 
@@ -145,7 +149,8 @@ def loop_settings(recipe: Any, schedule: Any) -> LoopSettings:
         warmup_steps=tr.warmup_steps,
         grad_clip=tr.grad_clip,
         renoise=RenoiseSampler(
-            tr.renoise_range[0], tr.renoise_range[1],
+            tr.renoise_range[0],
+            tr.renoise_range[1],
             beta=tuple(tr.renoise_beta) if tr.renoise_beta else None,  # type: ignore[arg-type]
             anneal_steps=tr.renoise_anneal_steps,
         ),
@@ -233,7 +238,9 @@ def _sample_writer(
     prompts = parts.prompts.evaluation_prompts() or parts.prompts.sample(
         recipe.train.num_sample_prompts, torch.Generator().manual_seed(recipe.run.seed)
     )
-    prompts = prompts[: recipe.train.num_sample_prompts]
+    # Spread over the list (evaluation prompts come grouped by category).
+    count = recipe.train.num_sample_prompts
+    prompts = prompts[:: max(1, len(prompts) // count)][:count]
 
     def write(step: int, model: DiffusionModel) -> None:
         generator = torch.Generator().manual_seed(recipe.run.seed)
@@ -276,7 +283,9 @@ def run_recipe(
         if main and settings.sample_every
         else None
     )
-    result = _train_with_progress(parts, settings, accelerator, run_dir, resume_from, console, on_sample)
+    result = _train_with_progress(
+        parts, settings, accelerator, run_dir, resume_from, console, on_sample
+    )
     accelerator.wait_for_everyone()
     if main:
         final = run_dir / "student"
@@ -347,8 +356,13 @@ def _train_with_progress(
                 progress.update(task, completed=step, info=_describe(metrics))
 
             return train(
-                parts, settings, accelerator, run_dir, resume_from=resume_from,
-                on_step=on_step, on_sample=on_sample,
+                parts,
+                settings,
+                accelerator,
+                run_dir,
+                resume_from=resume_from,
+                on_step=on_step,
+                on_sample=on_sample,
             )
     every = max(1, settings.steps // 10)
 
@@ -357,7 +371,12 @@ def _train_with_progress(
             console.print(f"step {step}/{settings.steps}  {_describe(metrics)}", highlight=False)
 
     return train(
-        parts, settings, accelerator, run_dir, resume_from=resume_from, on_step=log_line,
+        parts,
+        settings,
+        accelerator,
+        run_dir,
+        resume_from=resume_from,
+        on_step=log_line,
         on_sample=on_sample,
     )
 

@@ -95,8 +95,17 @@ def test_a_folder_without_marker_is_refused(tmp_path: Path) -> None:
 def test_sigterm_saves_at_the_step_boundary_and_exits_143(write_recipe, tmp_path: Path) -> None:
     recipe_path = write_recipe()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "gdmd", "run", str(recipe_path), "--set", "train.steps=100000",
-           "--set", "train.checkpoint_every=1000"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "gdmd",
+        "run",
+        str(recipe_path),
+        "--set",
+        "train.steps=100000",
+        "--set",
+        "train.checkpoint_every=1000",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     metrics = tmp_path / "runs" / "tiny" / "metrics.jsonl"
     deadline = time.monotonic() + 120

@@ -15,7 +15,9 @@ from gdmd.cli import make_app
 @pytest.fixture
 def finished_run(gdmd_pm, write_recipe) -> Path:
     recipe_path = write_recipe(train="ema_decay = 0.5")
-    result = CliRunner().invoke(make_app(gdmd_pm), ["run", str(recipe_path), "--set", "train.steps=2"])
+    result = CliRunner().invoke(
+        make_app(gdmd_pm), ["run", str(recipe_path), "--set", "train.steps=2"]
+    )
     assert result.exit_code == 0, result.output
     return recipe_path.parent / "runs" / "tiny"
 
