@@ -16,7 +16,7 @@ def to_pil(image: torch.Tensor, upscale: int = 1) -> Image.Image:
     array = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu()
     pil = Image.fromarray(np.ascontiguousarray(array.numpy()), mode="RGB")
     if upscale > 1:
-        pil = pil.resize((pil.width * upscale, pil.height * upscale), Image.NEAREST)
+        pil = pil.resize((pil.width * upscale, pil.height * upscale), Image.Resampling.NEAREST)
     return pil
 
 

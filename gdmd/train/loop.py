@@ -22,6 +22,7 @@ import copy
 import json
 import signal
 import time
+from functools import partial
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,7 +170,7 @@ def train(
     metrics_path = run_dir / "metrics.jsonl"
 
     # 1. Models, optimizers, schedules. The teacher is frozen and never prepared or saved.
-    teacher = parts.teacher
+    teacher: torch.nn.Module = parts.teacher  # type: ignore[assignment]
     teacher.requires_grad_(False)
     teacher.eval()
     student_module: torch.nn.Module = parts.student  # type: ignore[assignment]
@@ -342,7 +343,9 @@ def train(
                             real_x0=real_x0,
                             fake_x0=fake_x0,
                             num_critic_snapshots=len(snapshots),
-                            sample_t=lambda n, at=step: s.renoise.sample(n, at, generator, device),
+                            sample_t=partial(
+                                s.renoise.sample, step=step, generator=generator, device=device
+                            ),
                             decoder=parts.teacher.decoder,
                             rewards=parts.rewards,
                             generator=generator,
@@ -363,7 +366,7 @@ def train(
             opt_student.step()
             sched_student.step()
             metrics["student/loss"] = sum(student_losses) / len(student_losses)
-            if ema is not None:
+            if ema is not None and s.ema_decay is not None:
                 decay = s.ema_decay
                 with torch.no_grad():
                     for name, p in _trainable(student_inner).items():
@@ -371,7 +374,7 @@ def train(
             step += 1
             result.step = step
             metrics["step_time"] = time.perf_counter() - step_start
-            metrics["lr/student"] = sched_student.get_last_lr()[0]
+            metrics["lr/student"] = float(sched_student.get_last_lr()[0])
 
             # 5. Logging, samples, checkpoints, and a clean stop on SIGTERM/SIGINT.
             if step % s.log_every == 0 or step == s.steps:
