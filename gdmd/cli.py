@@ -286,9 +286,7 @@ def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
     @app.command()
     def sample(
         run_dir: Annotated[str, typer.Argument(help="A run directory written by gdmd run.")],
-        prompts_file: Annotated[
-            str, typer.Option("--prompts-file", help="Prompts, one per line.")
-        ],
+        prompts_file: Annotated[str, typer.Option("--prompts-file", help="Prompts, one per line.")],
         out: Annotated[str, typer.Option("--out", help="Folder for the PNGs and index.jsonl.")],
         steps: Annotated[
             int | None,
@@ -333,9 +331,7 @@ def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
         teacher: Annotated[
             bool, typer.Option("--teacher", help="Also evaluate the first run's teacher.")
         ] = False,
-        teacher_steps: Annotated[
-            int, typer.Option(help="Sampling steps of the teacher row.")
-        ] = 50,
+        teacher_steps: Annotated[int, typer.Option(help="Sampling steps of the teacher row.")] = 50,
         seeds: Annotated[
             str | None, typer.Option(help="Comma-separated seeds (default: the recipe's [eval]).")
         ] = None,
@@ -381,21 +377,26 @@ def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
         folder.mkdir(parents=True, exist_ok=True)
         grid = torch.cat([images for _, images in rows])
         save_grid(
-            grid, folder / "comparison.png", shown * len(rows), ncol=len(shown), upscale=4,
+            grid,
+            folder / "comparison.png",
+            shown * len(rows),
+            ncol=len(shown),
+            upscale=4,
             row_labels=[label for label, _ in rows],
         )
-        columns = []
+        # One column per model, one row per metric: stays readable at 80 columns.
+        metrics: list[str] = []
         for r in results:
-            columns += [k for k in r.metrics if k not in columns]
+            metrics += [k for k in r.metrics if k not in metrics]
         table = Table(title="evaluation", title_justify="left", box=box.SIMPLE_HEAD)
-        table.add_column("model", style="bold")
-        table.add_column("steps", justify="right")
-        for column in columns:
-            table.add_column(column, justify="right")
+        table.add_column("metric", style="bold")
         for r in results:
+            table.add_column(f"{r.label}\n{r.steps} steps", justify="right")
+        table.add_row("images", *(str(r.num_images) for r in results))
+        for metric in metrics:
             table.add_row(
-                r.label, str(r.steps),
-                *(f"{r.metrics[c]:.4g}" if c in r.metrics else "-" for c in columns),
+                metric,
+                *(f"{r.metrics[metric]:.4g}" if metric in r.metrics else "-" for r in results),
             )
         from rich.console import Console
 
