@@ -51,6 +51,7 @@ def test_list_plugins_json(fake_pm: Any) -> None:
         ("target", "gdmd"),
         ("prompts", "list"),
         ("prompts", "text-file"),
+        ("prompts", "toy"),
     ]
     assert listing["components"][1] == {
         "name": "teacher-only",
@@ -72,7 +73,7 @@ def test_list_plugins_json(fake_pm: Any) -> None:
 def test_list_plugins_table(fake_pm: Any) -> None:
     result = invoke(fake_pm, "list-plugins")
     assert result.exit_code == 0, result.output
-    for word in ("fake-unet", "teacher, student, critic", "toy-checker", "text-file"):
+    for word in ("fake-unet", "model (t, s, c)", "toy-checker", "text-file", "gdmd 0.1.0"):
         assert word in result.stdout
     assert "failed to load" not in result.stdout
 
