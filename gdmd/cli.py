@@ -391,7 +391,8 @@ def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
         table = Table(title="evaluation", title_justify="left", box=box.SIMPLE_HEAD)
         table.add_column("metric", style="bold")
         for r in results:
-            table.add_column(f"{r.label}\n{r.steps} steps", justify="right")
+            table.add_column(r.label, justify="right")
+        table.add_row("steps", *(str(r.steps) for r in results))
         table.add_row("images", *(str(r.num_images) for r in results))
         for metric in metrics:
             table.add_row(
