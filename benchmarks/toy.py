@@ -5,10 +5,12 @@
 Runs each recipe in ``recipes/toy/`` (same teacher, reward, budget and seeds; only
 ``[target]`` differs) through ``gdmd run``, evaluates every checkpoint on the held-out prompts
 (curves) and the final student with every seed of ``[eval]``, evaluates the teacher at its
-many-step setting, and writes ``docs/benchmarks/toy.md`` (mean ± std over seeds), curve plots,
-and a side-by-side sample grid for the same prompts. The section "## Toy benchmark" of
-``docs/benchmarks.md`` is replaced by the new table. Takes about an hour on a 2-core CPU with
-the default settings.
+many-step setting, and writes ``docs/benchmarks/toy.md`` (mean ± std over seeds),
+``toy.json``, ``toy_curves.png`` (held-out accuracy and reward against student updates) and
+``toy_samples.png`` (every model on the same prompts and seeds); copy the table into
+``docs/benchmarks.md`` with the command used. Runs one at a time; about an hour on a 2-core
+CPU with the default settings. Checked end to end with
+``--seeds 0 --steps 2 --recipes dmd,gdmd --teacher-steps 5``.
 """
 
 from __future__ import annotations
