@@ -168,7 +168,7 @@ def main() -> None:
         fig.savefig(docs / "toy_curves.png", dpi=100)
     except ImportError:
         pass
-    print(table)
+    sys.stdout.write(table)
 
 
 if __name__ == "__main__":
