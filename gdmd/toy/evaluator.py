@@ -32,18 +32,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from gdmd.errors import CheckpointError, ContractError
+from gdmd.errors import ContractError
 from gdmd.toy.grammar import COLOURS, SHAPES, all_prompts
 from gdmd.toy.render import IMAGE_SIZE, Scene, render_batch, sample_scene
+from gdmd.toy.saving import read_network, save_network
 
 FORMAT = "gdmd-toy-evaluator"
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 
 DEFAULT_STEPS = 800
 DEFAULT_BATCH_SIZE = 64
@@ -139,30 +137,14 @@ class AttributeEvaluator(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``model.safetensors`` and ``config.json`` into ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(directory / WEIGHTS_FILE))
-        config = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self.arch)}
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        save_network(self, self.arch, directory, FORMAT, FORMAT_VERSION)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> AttributeEvaluator:
         """Load an evaluator written by :meth:`save_pretrained` (no pickle involved)."""
-        directory = Path(directory)
-        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        if not config_path.is_file() or not weights_path.is_file():
-            raise CheckpointError(
-                f"{directory} is not a saved evaluator (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
-            )
-        config = json.loads(config_path.read_text())
-        if config.pop("format", None) != FORMAT or config.pop("format_version", None) != 1:
-            raise CheckpointError(f"{config_path} is not a {FORMAT} v{FORMAT_VERSION} config")
-        fields: dict[str, Any] = {
-            key: tuple(value) if isinstance(value, list) else value for key, value in config.items()
-        }
+        fields, weights = read_network(directory, FORMAT, FORMAT_VERSION, "evaluator")
         model = cls(EvaluatorArchitecture(**fields))
-        model.load_state_dict(load_file(str(weights_path)))
+        model.load_state_dict(weights)
         return model.eval()
 
 
