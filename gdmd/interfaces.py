@@ -219,7 +219,11 @@ class TargetOutput:
 
 @runtime_checkable
 class TargetStrategy(Protocol):
-    """Builds the gradient targets of one student update. It never calls ``backward``."""
+    """Builds the gradient targets of one student update. It never calls ``backward``.
+
+    An optional integer attribute ``critic_snapshots`` asks the loop to keep that many critic
+    states from its inner loop (``TargetContext.fake_x0(..., snapshot=i)``); absent means 0.
+    """
 
     #: Whether the strategy needs at least one reward.
     needs_rewards: bool

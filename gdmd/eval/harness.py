@@ -53,8 +53,7 @@ def load_run(
     ``checkpoint`` defaults to the run's newest whole checkpoint.
     """
     from gdmd.recipe import load_recipe
-    from gdmd.sampling import default_timesteps
-    from gdmd.train.runner import build_components
+    from gdmd.train.runner import build_components, student_timesteps
 
     run_dir = Path(run_dir)
     resolved = run_dir / "resolved.toml"
@@ -79,10 +78,7 @@ def load_run(
     student.eval()
     run_json = run_dir / "run.json"
     info = json.loads(run_json.read_text()) if run_json.is_file() else {}
-    timesteps = (
-        info.get("student_timesteps")
-        or default_timesteps(recipe.student.steps, parts.teacher.schedule).tolist()
-    )
+    timesteps = info.get("student_timesteps") or student_timesteps(recipe, parts.teacher.schedule)
     for model in (parts.teacher, parts.student):
         model.to(device)  # type: ignore[attr-defined]
     return LoadedRun(

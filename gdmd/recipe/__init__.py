@@ -37,7 +37,6 @@ from gdmd.recipe.tables import (
     LogConfig,
     RunConfig,
     TrainConfig,
-    default_timesteps,
 )
 
 __all__ = [
@@ -58,7 +57,6 @@ __all__ = [
     "TeacherSpec",
     "TrainConfig",
     "apply_overrides",
-    "default_timesteps",
     "load_recipe",
     "parse_recipe",
     "recipe_json_schema",

@@ -38,7 +38,6 @@ from gdmd.recipe.tables import (
     TargetHead,
     TeacherHead,
     TrainConfig,
-    default_timesteps,
     is_off_switch,
 )
 from gdmd.registry import ComponentSpec, Registries, did_you_mean
@@ -104,13 +103,9 @@ class StudentSpec(ModelSpec):
     role: ClassVar[Literal["student"]] = "student"
     init_from: Literal["teacher"] | None
     steps: int
-    #: As written in the recipe; :attr:`effective_timesteps` fills in the default.
+    #: As written in the recipe; ``None``: ``steps`` evenly spaced times, placed by the
+    #: model's schedule (``gdmd.train.runner.student_timesteps``).
     timesteps: tuple[float, ...] | None
-
-    @property
-    def effective_timesteps(self) -> list[float]:
-        """The student's flow times: the recipe's, or evenly spaced ``1, 1 - 1/steps, ...``."""
-        return list(self.timesteps) if self.timesteps else default_timesteps(self.steps)
 
 
 @dataclass(frozen=True, kw_only=True)

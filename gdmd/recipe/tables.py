@@ -231,8 +231,3 @@ class PromptsHead(Table):
     """``[prompts]``: where training and evaluation prompts come from."""
 
     kind: str = Field(min_length=1, description="A registered prompt source.")
-
-
-def default_timesteps(steps: int) -> list[float]:
-    """Evenly spaced flow times ``1, 1 - 1/steps, ..., 1/steps``."""
-    return [1 - i / steps for i in range(steps)]

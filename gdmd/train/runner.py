@@ -47,7 +47,7 @@ def _build(table: str, spec: Any, ctx: BuildContext) -> Any:
     component = spec.component
     ctx.plugin = component.plugin
     try:
-        return component.factory(spec.config, ctx)
+        return spec.build(ctx)
     except GdmdError:
         raise
     except Exception as exc:
@@ -130,14 +130,19 @@ def build_components(recipe: Any, accelerator: Accelerator | None = None) -> Com
     )
 
 
-def loop_settings(recipe: Any, schedule: Any) -> LoopSettings:
+def student_timesteps(recipe: Any, schedule: Any) -> list[float]:
+    """The student's fixed times: the recipe's, or ``steps`` evenly spaced ones placed by the
+    schedule (SD3's timestep shift, for instance)."""
     from gdmd.sampling import default_timesteps
 
-    tr = recipe.train
     if recipe.student.timesteps is not None:
-        timesteps = [float(t) for t in recipe.student.timesteps]
-    else:
-        timesteps = default_timesteps(recipe.student.steps, schedule).tolist()
+        return [float(t) for t in recipe.student.timesteps]
+    return [float(t) for t in default_timesteps(recipe.student.steps, schedule).tolist()]
+
+
+def loop_settings(recipe: Any, schedule: Any) -> LoopSettings:
+    tr = recipe.train
+    timesteps = student_timesteps(recipe, schedule)
     return LoopSettings(
         steps=tr.steps,
         batch_size=tr.batch_size,

@@ -240,7 +240,6 @@ def test_valid_recipe_resolves_components(write_recipe: Write, fake_pm: Any) -> 
     assert recipe.student.kind == "fake-unet" and recipe.student.steps == 2
     assert recipe.student.config == FakeUnetConfig(width=16, lora=LoraConfig(rank=8))
     assert recipe.student.init_from == "teacher" and recipe.student.timesteps is None
-    assert recipe.student.effective_timesteps == [1.0, 0.5]
     assert recipe.critic.config == FakeUnetConfig(width=16)
     assert list(recipe.rewards) == ["clip", "checker"]
     clip, checker = recipe.rewards["clip"], recipe.rewards["checker"]
@@ -280,7 +279,7 @@ def test_valid_recipe_resolves_components(write_recipe: Write, fake_pm: Any) -> 
 def test_defaults_fill_absent_tables(write_recipe: Write, fake_pm: Any) -> None:
     recipe = load_recipe(write_recipe(MINIMAL), fake_pm)
     assert recipe.target.kind == "dmd" and recipe.rewards == {}
-    assert recipe.student.steps == 4 and recipe.student.effective_timesteps == [1, 0.75, 0.5, 0.25]
+    assert recipe.student.steps == 4 and recipe.student.timesteps is None
     assert recipe.train.grad_clip == 10.0 and recipe.train.renoise_beta is None
     assert recipe.run.output_dir == "runs"
 
@@ -332,7 +331,7 @@ def test_round_trip_keeps_explicit_timesteps_and_off_switches(
         "[train]\nema_decay = 0.99\nrenoise_beta = [4.0, 1.5]\n"
     )
     first = load_recipe(path, fake_pm)
-    assert first.student.effective_timesteps == [0.9, 0.3]
+    assert first.student.timesteps == (0.9, 0.3)
     second = parse_recipe(tomllib.loads(first.to_toml()), "resolved.toml", fake_pm)
     assert second.student == first.student and second.train == first.train
     assert second.train.renoise_beta == (4.0, 1.5)
