@@ -29,11 +29,11 @@ class ToyTeacherConfig(ComponentConfig):
         description="Directory of a saved teacher (tiny-unet save_pretrained). Unset: train one "
         "on first use and reuse it from the cache ($GDMD_CACHE_DIR, default ~/.cache/gdmd).",
     )
-    train_steps: int = Field(1500, ge=1, description="Flow-matching steps when trained here.")
+    train_steps: int = Field(3000, ge=1, description="Flow-matching steps when trained here.")
     batch_size: int = Field(32, ge=1, description="Training batch size when trained here.")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate when trained here.")
     channels: tuple[int, ...] = Field(
-        (24, 48, 64), min_length=1, description="UNet channels per resolution level."
+        (32, 64, 96), min_length=1, description="UNet channels per resolution level."
     )
     ema_decay: float = Field(0.999, gt=0, lt=1, description="EMA decay of the teacher weights.")
     seed: int = Field(0, ge=0, description="Training seed when trained here.")
