@@ -8,8 +8,9 @@ Runs each recipe in ``recipes/toy/`` (same teacher, reward, budget and seeds; on
 (curves) and the final student with every seed of ``[eval]``, evaluates the teacher at its
 many-step setting, and writes ``docs/benchmarks/toy.md`` (mean ± std over seeds),
 ``toy.json``, ``toy_curves.png`` (held-out accuracy and reward against student updates) and
-``toy_samples.png`` (every model on the same prompts and seeds); copy the table into
-``docs/benchmarks.md`` with the command used.
+``toy_samples.png`` (every model on the same prompts and seeds), and puts the table in
+``docs/benchmarks.md`` between the ``toy-benchmark`` markers. ``--from-json`` redoes the
+table and the curves from a ``toy.json`` without running anything.
 
 Training runs ``--jobs`` at a time (default: one per two CPU cores), each with an equal share
 of the cores as torch threads and its output in ``OUT/<run>.log``; the teacher and reward are
@@ -22,6 +23,7 @@ Checked end to end with ``--seeds 0 --steps 2 --recipes dmd,gdmd --teacher-steps
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -67,6 +69,9 @@ def run_command(recipe: str, seed: int, steps: int | None, output: Path) -> list
         f"run.output_dir={output}",
         "--resume",
         "auto",
+        # Every checkpoint is kept: they are the points of the training curves.
+        "--set",
+        "train.keep_checkpoints=1000",
     ]
     if steps is not None:
         cmd += [
@@ -117,6 +122,139 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def table_markdown(data: dict) -> str:
+    """The comparison table: the teacher, then each recipe's mean ± std over training seeds."""
+    teacher_steps = data.get("teacher_steps", 50)
+    header = "| model | NFE | " + " | ".join(COLUMNS) + " |"
+    lines = [header, "|---|---:|" + "---:|" * len(COLUMNS)]
+    teacher = data["teacher"][0]
+    lines.append(
+        f"| teacher (Euler, CFG) | {2 * teacher_steps} | "
+        + " | ".join(f"{teacher.get(c, float('nan')):.3f}" for c in COLUMNS)
+        + " |"
+    )
+    for recipe, rows in data["students"].items():
+        cells = [mean_std([r[c] for r in rows if c in r]) for c in COLUMNS]
+        lines.append(f"| {recipe.replace('_', '-')} 4-step | 4 | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def update_benchmarks_md(table: str, path: Path = ROOT / "docs" / "benchmarks.md") -> bool:
+    """Replace the table between the ``toy-benchmark`` markers; False if there are none."""
+    begin, end = "<!-- toy-benchmark:begin -->", "<!-- toy-benchmark:end -->"
+    text = path.read_text()
+    if begin not in text or end not in text:
+        return False
+    before, rest = text.split(begin, 1)
+    _, after = rest.split(end, 1)
+    path.write_text(f"{before}{begin}\n{table}{end}{after}")
+    return True
+
+
+def plot_curves(data: dict, path: Path) -> bool:
+    """Held-out accuracy and reward against student updates, one line per run."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    teacher = data["teacher"][0]
+    for index, (recipe, runs) in enumerate(data["curves"].items()):
+        for i, curve in enumerate(runs):
+            if not curve:
+                continue
+            steps_, acc, rew = zip(*curve, strict=True)
+            label = recipe.replace("_", "-") if i == 0 else None
+            style = {"color": f"C{index}", "marker": "o", "markersize": 3, "alpha": 0.8}
+            axes[0].plot(steps_, acc, label=label, **style)
+            axes[1].plot(steps_, rew, label=label, **style)
+    for axis, key in zip(axes, ("accuracy", "reward/alignment"), strict=True):
+        axis.axhline(teacher[key], color="k", ls="--", label="teacher (50 steps, CFG)")
+        axis.set_xlabel("student updates")
+    axes[0].set_ylabel("checker accuracy (held-out, 120 images)")
+    axes[1].set_ylabel("alignment reward (held-out, 120 images)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_docs(data: dict, docs: Path) -> str:
+    table = table_markdown(data)
+    (docs / "toy.md").write_text(table)
+    (docs / "toy.json").write_text(json.dumps(data, indent=1) + "\n")
+    plot_curves(data, docs / "toy_curves.png")
+    if not update_benchmarks_md(table):
+        sys.stderr.write("docs/benchmarks.md has no toy-benchmark markers; table not copied\n")
+    return table
+
+
+def evaluate_all(
+    run_dirs: dict[tuple[str, int], Path],
+    recipes: list[str],
+    seeds: list[int],
+    eval_seeds: list[int],
+    teacher_steps: int,
+    docs: Path,
+) -> dict:
+    """Every checkpoint (curves, 120 images) and every final student (``eval_seeds``)."""
+    pm = build_plugin_manager()
+    data: dict = {
+        "teacher_steps": teacher_steps,
+        "training_seeds": seeds,
+        "eval_seeds": eval_seeds,
+        "teacher": [],
+        "students": {},
+        "curves": {},
+    }
+    grids: dict[str, torch.Tensor] = {}
+    shown: list[str] = []
+    start_points: dict[int, tuple[int, float, float]] = {}
+    for recipe in recipes:
+        for seed in seeds:
+            run_dir = run_dirs[(recipe, seed)]
+            sys.stderr.write(f"evaluating {run_dir.name}\n")
+            loaded = load_run(run_dir, pm)
+            if seed not in start_points:
+                # Step 0: the student is the teacher's copy, sampled as the student.
+                at_start = dataclasses.replace(loaded, student=loaded.teacher)
+                result, _, _ = evaluate(at_start, seeds=[0], num_images=120)
+                m = result.metrics
+                start_points[seed] = (0, m["accuracy"], m["reward/alignment"])
+            curve = [start_points[seed]]
+            for step, path in complete_checkpoints(run_dir / "checkpoints"):
+                at_step = load_run(run_dir, pm, checkpoint=path)
+                result, _, _ = evaluate(at_step, seeds=[0], num_images=120)
+                m = result.metrics
+                curve.append((step, m["accuracy"], m["reward/alignment"]))
+            data["curves"].setdefault(recipe, []).append(curve)
+            result, images, prompts = evaluate(loaded, seeds=eval_seeds)
+            data["students"].setdefault(recipe, []).append(result.metrics)
+            if seed == seeds[0]:
+                grids[recipe] = images[:8]
+                shown = prompts[:8]
+            if not data["teacher"]:
+                teacher, timages, _ = evaluate(
+                    loaded, model="teacher", steps=teacher_steps, seeds=eval_seeds
+                )
+                data["teacher"].append(teacher.metrics)
+                grids = {"teacher": timages[:8], **grids}
+    order = list(grids)
+    save_grid(
+        torch.cat([grids[k] for k in order]),
+        docs / "toy_samples.png",
+        shown * len(order),
+        ncol=len(shown),
+        upscale=4,
+        row_labels=[k.replace("_", "-") for k in order],
+    )
+    return data
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
@@ -130,96 +268,24 @@ def main() -> None:
     parser.add_argument(
         "--eval-seeds", default="0,1,2", help="image seeds per evaluated model (held-out prompts)"
     )
+    parser.add_argument(
+        "--from-json", default=None, help="only redo table and curves from this toy.json"
+    )
     args = parser.parse_args()
-    if args.jobs < 1:
-        parser.error(f"--jobs must be at least 1, got {args.jobs}")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    eval_seeds = [int(s) for s in args.eval_seeds.split(",")]
-    recipes = args.recipes.split(",")
-    out = Path(args.out)
     docs = ROOT / "docs" / "benchmarks"
     docs.mkdir(parents=True, exist_ok=True)
-    pm = build_plugin_manager()
-
-    results: dict[str, list[dict[str, float]]] = {}
-    curves: dict[str, list[list[tuple[int, float, float]]]] = {}
-    grids: dict[str, torch.Tensor] = {}
-    shown: list[str] = []
-    teacher_row: list[dict[str, float]] = []
-    run_dirs = train_all([(r, s) for r in recipes for s in seeds], args.steps, out, args.jobs)
-    for recipe in recipes:
-        for seed in seeds:
-            run_dir = run_dirs[(recipe, seed)]
-            curve = []
-            for step, path in complete_checkpoints(run_dir / "checkpoints"):
-                loaded = load_run(run_dir, pm, checkpoint=path)
-                result, _, _ = evaluate(loaded, seeds=[0], num_images=120)
-                curve.append((step, result.metrics["accuracy"], result.metrics["reward/alignment"]))
-            curves.setdefault(recipe, []).append(curve)
-            loaded = load_run(run_dir, pm)
-            result, images, prompts = evaluate(loaded, seeds=eval_seeds)
-            results.setdefault(recipe, []).append(result.metrics)
-            if seed == seeds[0]:
-                grids[recipe] = images[:8]
-                shown = prompts[:8]
-            if not teacher_row and recipe == recipes[0]:
-                teacher, timages, _ = evaluate(
-                    loaded, model="teacher", steps=args.teacher_steps, seeds=eval_seeds
-                )
-                teacher_row.append(teacher.metrics)
-                grids = {"teacher": timages[:8], **grids}
-
-    header = "| model | NFE | " + " | ".join(COLUMNS) + " |"
-    lines = [header, "|---|---:|" + "---:|" * len(COLUMNS)]
-    lines.append(
-        f"| teacher (Euler, CFG) | {2 * args.teacher_steps} | "
-        + " | ".join(f"{teacher_row[0].get(c, float('nan')):.3f}" for c in COLUMNS)
-        + " |"
-    )
-    for recipe, rows in results.items():
-        cells = [mean_std([r[c] for r in rows if c in r]) for c in COLUMNS]
-        lines.append(f"| {recipe.replace('_', '-')} 4-step | 4 | " + " | ".join(cells) + " |")
-    table = "\n".join(lines) + "\n"
-    (docs / "toy.md").write_text(table)
-    (docs / "toy.json").write_text(
-        json.dumps({"teacher": teacher_row, "students": results, "curves": curves}, indent=1)
-    )
-    order = list(grids)
-    save_grid(
-        torch.cat([grids[k] for k in order]),
-        docs / "toy_samples.png",
-        shown * len(order),
-        ncol=len(shown),
-        upscale=4,
-        row_labels=order,
-    )
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for recipe, runs in curves.items():
-            for i, curve in enumerate(runs):
-                steps_, acc, rew = zip(*curve, strict=True) if curve else ((), (), ())
-                label = recipe if i == 0 else None
-                axes[0].plot(
-                    steps_, acc, marker="o", label=label, color=f"C{recipes.index(recipe)}"
-                )
-                axes[1].plot(
-                    steps_, rew, marker="o", label=label, color=f"C{recipes.index(recipe)}"
-                )
-        axes[0].axhline(teacher_row[0]["accuracy"], color="k", ls="--", label="teacher")
-        axes[1].axhline(teacher_row[0]["reward/alignment"], color="k", ls="--", label="teacher")
-        axes[0].set(xlabel="student updates", ylabel="checker accuracy (held-out)")
-        axes[1].set(xlabel="student updates", ylabel="alignment reward (held-out)")
-        axes[0].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(docs / "toy_curves.png", dpi=100)
-    except ImportError:
-        pass
-    sys.stdout.write(table)
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+    else:
+        if args.jobs < 1:
+            parser.error(f"--jobs must be at least 1, got {args.jobs}")
+        seeds = [int(s) for s in args.seeds.split(",")]
+        eval_seeds = [int(s) for s in args.eval_seeds.split(",")]
+        recipes = args.recipes.split(",")
+        runs = [(r, s) for r in recipes for s in seeds]
+        run_dirs = train_all(runs, args.steps, Path(args.out), args.jobs)
+        data = evaluate_all(run_dirs, recipes, seeds, eval_seeds, args.teacher_steps, docs)
+    sys.stdout.write(write_docs(data, docs))
 
 
 if __name__ == "__main__":

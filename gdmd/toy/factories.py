@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from gdmd.config import ComponentConfig
+from gdmd.toy.grammar import Category
 
 if TYPE_CHECKING:
     from gdmd.interfaces import BuildContext
@@ -54,6 +55,11 @@ class ToyPromptsConfig(ComponentConfig):
         description="Evaluation prompts per category (held-out prompts repeat in turn when a "
         "category has fewer). Unset: the largest category's held-out count.",
     )
+    categories: tuple[Category, ...] | None = Field(
+        default=None,
+        min_length=1,
+        description="Only these prompt categories, for training and evaluation. Unset: all.",
+    )
 
 
 def build_alignment_reward(config: ToyAlignmentRewardConfig, ctx: BuildContext) -> AlignmentReward:
@@ -80,4 +86,4 @@ def build_toy_prompts(config: ToyPromptsConfig, ctx: BuildContext) -> ToyPrompts
     """The toy prompt source."""
     from gdmd.toy.grammar import ToyPrompts
 
-    return ToyPrompts(eval_per_category=config.eval_per_category)
+    return ToyPrompts(eval_per_category=config.eval_per_category, categories=config.categories)

@@ -37,7 +37,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, get_args
 
 from gdmd.errors import GdmdError
 
@@ -47,13 +47,10 @@ if TYPE_CHECKING:
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 SHAPES: tuple[str, ...] = ("square", "circle", "triangle")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
-CATEGORIES: tuple[str, ...] = (
-    "single",
-    "counting",
-    "two_objects",
-    "colour_attribution",
-    "position",
-)
+#: A prompt category's name (for config fields).
+Category = Literal["single", "counting", "two_objects", "colour_attribution", "position"]
+#: The categories, one per GenEval category, in table order.
+CATEGORIES: tuple[str, ...] = get_args(Category)
 COUNT_WORDS: dict[int, str] = {2: "two", 3: "three"}
 PLURALS: dict[str, str] = {shape: shape + "s" for shape in SHAPES}
 
@@ -303,8 +300,10 @@ def split_prompts(heldout: bool, category: str | None = None) -> list[str]:
     return [p for c in categories for p in _split(c, heldout)]
 
 
-def _balanced(heldout: bool, per_category: int | None) -> list[str]:
-    splits = {c: _split(c, heldout) for c in CATEGORIES}
+def _balanced(
+    heldout: bool, per_category: int | None, categories: Sequence[str] | None = None
+) -> list[str]:
+    splits = {c: _split(c, heldout) for c in _check_categories(categories)}
     if per_category is None:
         per_category = max(len(prompts) for prompts in splits.values())
     if per_category < 1:
@@ -316,23 +315,38 @@ def _balanced(heldout: bool, per_category: int | None) -> list[str]:
     ]
 
 
-def training_prompts(per_category: int | None = None) -> list[str]:
+def _check_categories(categories: Sequence[str] | None) -> tuple[str, ...]:
+    if categories is None:
+        return CATEGORIES
+    for c in categories:
+        _check_category(c)
+    if not categories:
+        raise ValueError("categories must name at least one category")
+    return tuple(c for c in CATEGORIES if c in categories)
+
+
+def training_prompts(
+    per_category: int | None = None, categories: Sequence[str] | None = None
+) -> list[str]:
     """A category-balanced list of training prompts: ``per_category`` from each category.
 
     A category with fewer unique prompts repeats them in turn; the default (``None``) is the
     largest category's size, so every training prompt appears at least once. Drawing uniformly
     from this list draws each category equally often. ``set()`` of it gives the unique prompts.
+    ``categories`` keeps only those categories (default: all of :data:`CATEGORIES`).
     """
-    return _balanced(heldout=False, per_category=per_category)
+    return _balanced(heldout=False, per_category=per_category, categories=categories)
 
 
-def evaluation_prompts(per_category: int | None = None) -> list[str]:
+def evaluation_prompts(
+    per_category: int | None = None, categories: Sequence[str] | None = None
+) -> list[str]:
     """A category-balanced list of held-out prompts, as :func:`training_prompts` builds it.
 
     No evaluation prompt, in any wording, is a training prompt. GenEval's overall score is the
     mean over categories; with this balanced list the plain mean over prompts is the same.
     """
-    return _balanced(heldout=True, per_category=per_category)
+    return _balanced(heldout=True, per_category=per_category, categories=categories)
 
 
 def hard_negatives(prompt: str) -> list[str]:
@@ -398,28 +412,34 @@ class ToyPrompts:
 
     ``sample`` draws a category uniformly, then one of its unique training prompts uniformly;
     ``evaluation_prompts`` is :func:`evaluation_prompts` with ``eval_per_category``.
+    ``categories`` keeps only those categories, for training and evaluation (default: all).
     """
 
-    def __init__(self, eval_per_category: int | None = 24) -> None:
+    def __init__(
+        self, eval_per_category: int | None = 24, categories: Sequence[str] | None = None
+    ) -> None:
         self.eval_per_category = eval_per_category
-        self._training = {c: _split(c, heldout=False) for c in CATEGORIES}
+        self.categories = _check_categories(categories)
+        self._training = {c: _split(c, heldout=False) for c in self.categories}
 
     def sample(self, n: int, generator: torch.Generator) -> list[str]:
         """``n`` training prompts drawn with ``generator`` (a torch generator)."""
         import torch
 
         device = generator.device
-        categories = torch.randint(len(CATEGORIES), (n,), generator=generator, device=device)
+        categories = torch.randint(
+            len(self.categories), (n,), generator=generator, device=device
+        )
         picks = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
         prompts = []
         for category_index, u in zip(categories.tolist(), picks.tolist(), strict=True):
-            pool = self._training[CATEGORIES[category_index]]
+            pool = self._training[self.categories[category_index]]
             prompts.append(pool[min(int(u * len(pool)), len(pool) - 1)])
         return prompts
 
     def evaluation_prompts(self) -> list[str]:
         """The held-out prompts, ``eval_per_category`` from each category."""
-        return evaluation_prompts(self.eval_per_category)
+        return evaluation_prompts(self.eval_per_category, self.categories)
 
     def evaluate(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
         """The toy benchmark's metrics (see :func:`gdmd.toy.metrics.evaluate_toy`)."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from gdmd.config import ComponentConfig
+from gdmd.toy.grammar import Category
 
 if TYPE_CHECKING:
     from gdmd.interfaces import BuildContext
@@ -37,12 +38,20 @@ class ToyTeacherConfig(ComponentConfig):
     )
     ema_decay: float = Field(0.999, gt=0, lt=1, description="EMA decay of the teacher weights.")
     seed: int = Field(0, ge=0, description="Training seed when trained here.")
+    categories: tuple[Category, ...] | None = Field(
+        None,
+        min_length=1,
+        description="Train only on these prompt categories' training prompts. Unset: all.",
+    )
 
 
 def teacher_cache_settings(config: ToyTeacherConfig) -> dict[str, Any]:
     """Everything that changes what training produces: the cache key's content."""
-    settings = config.model_dump(exclude={"path"})
+    settings = config.model_dump(exclude={"path", "categories"})
     settings["channels"] = list(config.channels)
+    if config.categories is not None:
+        # Left out when unset, so adding the option kept every existing cache entry's key.
+        settings["categories"] = list(config.categories)
     settings["version"] = TEACHER_VERSION
     return settings
 
@@ -62,7 +71,8 @@ def train_toy_teacher(config: ToyTeacherConfig, directory: Any) -> None:
         # Only the CPU generator: fork_rng(devices=[]) would not restore reseeded CUDA ones.
         torch.default_generator.manual_seed(config.seed)
         model = TinyDiffusionModel(TinyUNetConfig(channels=config.channels))
-    batches = training_batches(training_prompts(), config.batch_size, seed=config.seed)
+    prompts = training_prompts(categories=config.categories)
+    batches = training_batches(prompts, config.batch_size, seed=config.seed)
     with task("training the toy teacher", config.train_steps) as update:
         pretrain_flow_matching(
             model,

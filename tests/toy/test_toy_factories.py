@@ -47,6 +47,13 @@ def test_config_defaults_match_the_training_defaults() -> None:
         ToyAlignmentRewardConfig(trian_steps=3)  # type: ignore[call-arg]
 
 
+def test_prompt_config_names_a_wrong_category() -> None:
+    with pytest.raises(pydantic.ValidationError, match="categories.0"):
+        ToyPromptsConfig(categories=("singel",))  # type: ignore[arg-type]
+    built = build_toy_prompts(ToyPromptsConfig(categories=("position",)), context())
+    assert built.categories == ("position",)
+
+
 def test_factories_build_protocol_conforming_components(tmp_path: Path) -> None:
     checker = build_checker_reward(ToyCheckerRewardConfig(), context())
     assert isinstance(checker, RewardModel) and not checker.differentiable

@@ -179,3 +179,23 @@ def test_toy_prompt_source_is_seeded_balanced_and_draws_training_prompts() -> No
     counts = Counter(parse_prompt(p).category for p in first)
     assert set(counts) == set(CATEGORIES) and min(counts.values()) > 60
     assert source.evaluation_prompts() == evaluation_prompts(3)
+
+
+def test_categories_restrict_the_prompt_lists_and_the_prompt_source() -> None:
+    picked = ["counting", "single"]
+    train = training_prompts(categories=picked)
+    assert {parse_prompt(p).category for p in train} == set(picked)
+    assert set(train) == {p for p in training_prompts() if parse_prompt(p).category in picked}
+    held = evaluation_prompts(4, categories=picked)
+    # Table order, whatever order they were named in.
+    assert [parse_prompt(p).category for p in held] == ["single"] * 4 + ["counting"] * 4
+    source = ToyPrompts(eval_per_category=4, categories=picked)
+    assert source.categories == ("single", "counting")
+    drawn = source.sample(200, torch.Generator().manual_seed(0))
+    assert set(drawn) <= set(train)
+    assert {parse_prompt(p).category for p in drawn} == set(picked)
+    assert source.evaluation_prompts() == held
+    with pytest.raises(PromptGrammarError, match="unknown category 'colour'"):
+        training_prompts(categories=["colour"])
+    with pytest.raises(ValueError, match="at least one category"):
+        ToyPrompts(categories=[])

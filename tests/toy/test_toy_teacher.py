@@ -24,6 +24,7 @@ def test_key_follows_training_settings_not_the_load_path() -> None:
         ToyTeacherConfig(channels=(16, 32, 64)),
         ToyTeacherConfig(seed=1),
         ToyTeacherConfig(ema_decay=0.99),
+        ToyTeacherConfig(categories=("single",)),
     ):
         assert cache_key("toy-teacher", teacher_cache_settings(changed)) != key, changed
     assert teacher_cache_settings(base)["version"] == TEACHER_VERSION
@@ -47,3 +48,13 @@ def test_a_cached_teacher_is_built_once(tmp_path: Path) -> None:
 def test_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="ema_decay"):
         ToyTeacherConfig(ema_decay=1.0)
+
+
+def test_unset_categories_leave_the_key_of_a_teacher_trained_on_everything() -> None:
+    # The key every teacher trained before the option existed was cached under.
+    assert "categories" not in teacher_cache_settings(ToyTeacherConfig())
+    assert teacher_cache_settings(ToyTeacherConfig(categories=("counting", "single")))[
+        "categories"
+    ] == ["counting", "single"]
+    with pytest.raises(ValueError, match="categories"):
+        ToyTeacherConfig(categories=("shapes",))  # type: ignore[arg-type]
