@@ -427,9 +427,7 @@ class ToyPrompts:
         import torch
 
         device = generator.device
-        categories = torch.randint(
-            len(self.categories), (n,), generator=generator, device=device
-        )
+        categories = torch.randint(len(self.categories), (n,), generator=generator, device=device)
         picks = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
         prompts = []
         for category_index, u in zip(categories.tolist(), picks.tolist(), strict=True):
