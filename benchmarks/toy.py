@@ -98,7 +98,7 @@ def train_all(
         name = f"{recipe}-s{seed}"
         log = output / f"{name}.log"
         sys.stderr.write(f"training {name} (log: {log})\n")
-        with log.open("w") as handle:
+        with log.open("a") as handle:  # a resumed run keeps its earlier output
             done = subprocess.run(
                 run_command(recipe, seed, steps, output),
                 stdout=handle,
