@@ -27,6 +27,14 @@ class GDMDConfig(ComponentConfig):
     clip: float = Field(
         1.0, gt=0.0, description="Advantages are clipped to [-clip, clip] and divided by clip."
     )
+    score_step: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Rewards score x - score_step * g: 1 scores the implicit target itself; "
+        "smaller values score a shorter step along each target's direction, an image closer "
+        "to the student's sample. The regression targets are unchanged.",
+    )
     weighting: Literal["advantage", "softmax"] = Field(
         "advantage",
         description='"advantage": alpha + beta * A_k (signed). "softmax": alpha + beta * '

@@ -4,7 +4,8 @@ GDMD (Dong et al., 2026): instead of scoring the student's raw sample, decode an
 targets ``x_tgt^k = sg(x - g_k)`` of K DMD gradients that differ in renoise time/noise
 (``vary = "t"``), in critic state (``"fake"``: states kept from the critic's inner loop), or
 both. Group-relative advantages of the scores become signed weights ``alpha + beta * A_k``
-of the K regression terms. No gradient flows through decoder or reward, so any reward works,
+of the K regression terms. ``score_step`` < 1 scores ``x - score_step * g_k`` instead: a
+shorter step along the same direction. No gradient flows through decoder or reward, so any reward works,
 including a non-differentiable one.
 """
 
@@ -36,8 +37,12 @@ class GDMDTarget:
         targets, metrics = dmd_targets(ctx, k=cfg.k, vary_t=vary_t, vary_fake=vary_fake)
         b = targets.shape[0]
         prompts = [p for p in ctx.prompts for _ in range(cfg.k)]
+        scored = targets
+        if cfg.score_step != 1.0:
+            x = ctx.x.detach().unsqueeze(1)
+            scored = x + cfg.score_step * (targets - x)
         with torch.no_grad():
-            images = ctx.decoder.decode(targets.reshape(b * cfg.k, *targets.shape[2:]))
+            images = ctx.decoder.decode(scored.reshape(b * cfg.k, *targets.shape[2:]))
             rewards, reward_metrics = score(ctx, images, prompts, group=cfg.k)
         advantages = group_advantages(rewards, cfg.clip)
         if cfg.weighting == "advantage":

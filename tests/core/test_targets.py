@@ -110,6 +110,26 @@ def test_gdmd_scores_targets_without_grad_and_weights_by_advantage() -> None:
     assert "reward/r" in out.metrics
 
 
+def test_gdmd_score_step_scores_a_shorter_step_but_regresses_onto_the_full_target() -> None:
+    x = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(3))
+    seen: list[torch.Tensor] = []
+
+    def reward(images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        seen.append(images.clone())
+        return images.mean(dim=(1, 2, 3))
+
+    rewards = [WeightedReward("r", reward, weight=1.0, normalise="group")]
+    full = GDMDTarget(GDMDConfig(k=3))(make_ctx(x, rewards, seed=4))
+    short = GDMDTarget(GDMDConfig(k=3, score_step=0.25))(make_ctx(x, rewards, seed=4))
+    assert torch.equal(full.targets, short.targets)
+    xk = x.unsqueeze(1)
+    expected = PixelDecoder().decode(xk + 0.25 * (full.targets - xk)).reshape(6, *SHAPE)
+    assert torch.allclose(seen[1], expected, atol=1e-6)
+    assert torch.allclose(seen[0], PixelDecoder().decode(full.targets).reshape(6, *SHAPE))
+    with pytest.raises(ValueError, match="score_step"):
+        GDMDConfig(score_step=0.0)
+
+
 def test_gdmd_vary_t_draws_a_time_per_target_and_vary_fake_shares_it() -> None:
     reward = WeightedReward("r", RecordingReward())
     x = torch.randn(2, *SHAPE)
