@@ -194,6 +194,11 @@ def write_docs(data: dict, docs: Path) -> str:
     return table
 
 
+def grid_picks(count: int, columns: int = 8) -> list[int]:
+    """Evenly spaced image indices: the category-balanced prompt list gives every category."""
+    return [i * count // columns for i in range(columns)]
+
+
 def evaluate_all(
     run_dirs: dict[tuple[str, int], Path],
     recipes: list[str],
@@ -236,14 +241,15 @@ def evaluate_all(
             result, images, prompts = evaluate(loaded, seeds=eval_seeds)
             data["students"].setdefault(recipe, []).append(result.metrics)
             if seed == seeds[0]:
-                grids[recipe] = images[:8]
-                shown = prompts[:8]
+                picks = grid_picks(len(prompts))
+                grids[recipe] = images[picks]
+                shown = [prompts[i] for i in picks]
             if not data["teacher"]:
                 teacher, timages, _ = evaluate(
                     loaded, model="teacher", steps=teacher_steps, seeds=eval_seeds
                 )
                 data["teacher"].append(teacher.metrics)
-                grids = {"teacher": timages[:8], **grids}
+                grids = {"teacher": timages[grid_picks(len(timages))], **grids}
     order = list(grids)
     save_grid(
         torch.cat([grids[k] for k in order]),
