@@ -42,7 +42,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,plots]'
 	touch $@
 
-# Every toy recipe over three seeds; rewrites docs/benchmarks/ and the toy table in docs/benchmarks.md (about an hour on 2 cores).
+# Every toy recipe over three seeds; rewrites docs/benchmarks/ and the toy table in
+# docs/benchmarks.md (about an hour on 2 cores).
 benchmark: install
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/toy.py
 

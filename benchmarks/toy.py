@@ -10,7 +10,8 @@ many-step setting, and writes ``docs/benchmarks/toy.md`` (mean ± std over seeds
 ``toy.json``, ``toy_curves.png`` (held-out accuracy and reward against student updates) and
 ``toy_samples.png`` (every model on the same prompts and seeds), and puts the table in
 ``docs/benchmarks.md`` between the ``toy-benchmark`` markers. ``--from-json`` redoes the
-table and the curves from a ``toy.json`` without running anything.
+table and the curves from a ``toy.json`` without running anything; ``--grid-only`` redoes
+the sample grid from finished runs.
 
 Training runs ``--jobs`` at a time (default: one per CPU core), each with an equal share of
 the cores as torch threads (small models run best on one thread each) and its output
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from gdmd.eval.harness import evaluate, load_run
+from gdmd.eval.harness import evaluate, evaluation_prompts, generate, load_run
 from gdmd.images import save_grid
 from gdmd.manager import build_plugin_manager
 from gdmd.train.checkpoint import complete_checkpoints
@@ -217,8 +218,6 @@ def evaluate_all(
         "students": {},
         "curves": {},
     }
-    grids: dict[str, torch.Tensor] = {}
-    shown: list[str] = []
     start_points: dict[int, tuple[int, float, float]] = {}
     for recipe in recipes:
         for seed in seeds:
@@ -238,28 +237,39 @@ def evaluate_all(
                 m = result.metrics
                 curve.append((step, m["accuracy"], m["reward/alignment"]))
             data["curves"].setdefault(recipe, []).append(curve)
-            result, images, prompts = evaluate(loaded, seeds=eval_seeds)
+            result, _, _ = evaluate(loaded, seeds=eval_seeds)
             data["students"].setdefault(recipe, []).append(result.metrics)
-            if seed == seeds[0]:
-                picks = grid_picks(len(prompts))
-                grids[recipe] = images[picks]
-                shown = [prompts[i] for i in picks]
             if not data["teacher"]:
-                teacher, timages, _ = evaluate(
+                teacher, _, _ = evaluate(
                     loaded, model="teacher", steps=teacher_steps, seeds=eval_seeds
                 )
                 data["teacher"].append(teacher.metrics)
-                grids = {"teacher": timages[grid_picks(len(timages))], **grids}
-    order = list(grids)
-    save_grid(
-        torch.cat([grids[k] for k in order]),
+    sample_grid({r: run_dirs[(r, seeds[0])] for r in recipes}, teacher_steps, docs)
+    return data
+
+
+def sample_grid(run_dirs: dict[str, Path], teacher_steps: int, docs: Path) -> Path:
+    """``toy_samples.png``: the teacher, then each run, on eight held-out prompts spread over
+    the categories, with the same seeds in every row."""
+    pm = build_plugin_manager()
+    rows: dict[str, torch.Tensor] = {}
+    shown: list[str] = []
+    for recipe, run_dir in run_dirs.items():
+        loaded = load_run(run_dir, pm)
+        base = evaluation_prompts(loaded)
+        picks = grid_picks(len(base))
+        shown = [base[i] for i in picks]
+        if not rows:
+            rows["teacher"] = generate(loaded, shown, picks, model="teacher", steps=teacher_steps)
+        rows[recipe.replace("_", "-")] = generate(loaded, shown, picks)
+    return save_grid(
+        torch.cat(list(rows.values())),
         docs / "toy_samples.png",
-        shown * len(order),
+        shown * len(rows),
         ncol=len(shown),
         upscale=4,
-        row_labels=[k.replace("_", "-") for k in order],
+        row_labels=list(rows),
     )
-    return data
 
 
 def main() -> None:
@@ -281,9 +291,19 @@ def main() -> None:
     parser.add_argument(
         "--from-json", default=None, help="only redo table and curves from this toy.json"
     )
+    parser.add_argument(
+        "--grid-only",
+        action="store_true",
+        help="only redo toy_samples.png from the first seed's finished runs in --out",
+    )
     args = parser.parse_args()
     docs = ROOT / "docs" / "benchmarks"
     docs.mkdir(parents=True, exist_ok=True)
+    if args.grid_only:
+        first = int(args.seeds.split(",")[0])
+        runs = {r: Path(args.out) / f"{r}-s{first}" for r in args.recipes.split(",")}
+        sys.stdout.write(f"{sample_grid(runs, args.teacher_steps, docs)}\n")
+        return
     if args.from_json:
         data = json.loads(Path(args.from_json).read_text())
     else:

@@ -5,8 +5,8 @@ targets ``x_tgt^k = sg(x - g_k)`` of K DMD gradients that differ in renoise time
 (``vary = "t"``), in critic state (``"fake"``: states kept from the critic's inner loop), or
 both. Group-relative advantages of the scores become signed weights ``alpha + beta * A_k``
 of the K regression terms. ``score_step`` < 1 scores ``x - score_step * g_k`` instead: a
-shorter step along the same direction. No gradient flows through decoder or reward, so any reward works,
-including a non-differentiable one.
+shorter step along the same direction. No gradient flows through decoder or reward, so any
+reward works, including a non-differentiable one.
 """
 
 from __future__ import annotations
