@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from gdmd import hookimpl
 from gdmd.registry import Register
+from gdmd.rewards.clip_config import CLIPScoreConfig, PickScoreConfig
 from gdmd.rewards.simple import BrightnessConfig, ChannelConfig, build_brightness, build_channel
+
+
+def _clip(config: CLIPScoreConfig, ctx: Any) -> Any:
+    from gdmd.rewards.clip import build_clip_score
+
+    return build_clip_score(config, ctx)
+
+
+def _pickscore(config: PickScoreConfig, ctx: Any) -> Any:
+    from gdmd.rewards.clip import build_pickscore
+
+    return build_pickscore(config, ctx)
 
 
 @hookimpl
@@ -41,4 +56,16 @@ def gdmd_register_rewards(register: Register) -> None:
         config=ToyCheckerRewardConfig,
         summary="Exact rule-based checker of toy prompts (GenEval analogue); 0/1, "
         "not differentiable",
+    )
+    register(
+        "clip",
+        _clip,
+        config=CLIPScoreConfig,
+        summary="CLIPScore, 100 * cos(image, text) (openai/clip-vit-large-patch14); differentiable",
+    )
+    register(
+        "pickscore",
+        _pickscore,
+        config=PickScoreConfig,
+        summary="PickScore, logit_scale.exp() * cos (yuvalkirstain/PickScore_v1); differentiable",
     )
