@@ -17,6 +17,18 @@ class RegistryError(GdmdError):
     """A component name is registered twice, or a registration is malformed."""
 
 
+class IncompatiblePluginError(RegistryError):
+    """A plugin was written for a plugin API this gdmd does not provide: it declares a newer
+    (or no longer supported) ``GDMD_PLUGIN_API``, or implements a hook gdmd does not have."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, components: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        #: ``(kind, name)`` of the components the plugin would have registered, when known.
+        self.components = components
+
+
 class UnknownComponentError(GdmdError):
     """A recipe or call names a component that no plugin registered."""
 

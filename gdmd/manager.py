@@ -8,11 +8,17 @@ Loading is explicit, never an import side effect::
 A plugin that fails to import or register is recorded in ``pm.failures`` (and shown by
 ``gdmd list-plugins``); it is fatal only to a recipe that names one of its components. Set
 ``GDMD_DISABLE_PLUGINS=name1,name2`` to skip entry points by name.
+
+A plugin module may declare the plugin API it was written for, ``GDMD_PLUGIN_API = 1`` (see
+:data:`gdmd.PLUGIN_API_VERSION`). A plugin that declares a version this gdmd does not
+provide, or implements a hook this gdmd does not have, is refused with a message naming both
+versions, as an :class:`~gdmd.errors.IncompatiblePluginError`, before any of its hooks run.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,9 +27,9 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import pluggy
 
-from gdmd import __version__, hookspecs
+from gdmd import PLUGIN_API_VERSION, __version__, hookspecs
 from gdmd.config import ComponentConfig, EmptyConfig
-from gdmd.errors import RegistryError, UnknownComponentError
+from gdmd.errors import IncompatiblePluginError, RegistryError, UnknownComponentError
 from gdmd.registry import (
     KINDS,
     MODEL_ROLES,
@@ -32,6 +38,7 @@ from gdmd.registry import (
     ComponentSpec,
     Register,
     Registries,
+    did_you_mean,
     kind_label,
 )
 
@@ -52,6 +59,12 @@ ENTRY_POINT_GROUP = "gdmd"
 #: Comma-separated entry-point names to skip.
 DISABLE_ENV = "GDMD_DISABLE_PLUGINS"
 
+#: The plugin-module attribute that declares the plugin API a plugin was written for.
+PLUGIN_API_ATTRIBUTE = "GDMD_PLUGIN_API"
+
+#: The oldest plugin API this gdmd still loads; raised when a hook is removed or changes.
+OLDEST_PLUGIN_API_VERSION = 1
+
 _REGISTER_HOOKS: dict[ComponentKind, str] = {
     "model": "gdmd_register_models",
     "reward": "gdmd_register_rewards",
@@ -68,6 +81,9 @@ class PluginFailure:
     distribution: str | None
     version: str | None
     error: str
+    #: ``(kind, name)`` of components the plugin would have registered, when known (for an
+    #: incompatible plugin), so a recipe that names one is told which plugin it needs.
+    components: tuple[tuple[str, str], ...] = ()
 
     def describe(self) -> str:
         """``plugin "x" (gdmd-x 1.0): RuntimeError: ...``."""
@@ -125,7 +141,16 @@ class GdmdPluginManager(pluggy.PluginManager):
         if name is None and not hasattr(plugin, "__name__"):
             # pluggy would name an instance by its id(); the class name reads better.
             name = type(plugin).__name__
-        registered = super().register(plugin, name)
+        label = name or self.get_canonical_name(plugin)
+        declared = _declared_api(plugin, label)
+        try:
+            registered = super().register(plugin, name)
+        except pluggy.PluginValidationError as exc:
+            # A hook whose arguments gdmd does not pass: written for another plugin API.
+            raise IncompatiblePluginError(
+                f'plugin "{label}" does not fit gdmd\'s hooks ({_written_for(declared)}): {exc}',
+                _declared_components(plugin),
+            ) from None
         if registered is None:
             return None
         unknown = sorted(
@@ -133,9 +158,9 @@ class GdmdPluginManager(pluggy.PluginManager):
         )
         if unknown:
             super().unregister(plugin)
-            raise RegistryError(
-                f'plugin "{registered}" implements unknown hook(s) {", ".join(unknown)}; '
-                f"gdmd's hooks are {', '.join(self._hook_names())}"
+            raise IncompatiblePluginError(
+                self._unknown_hooks_message(registered, unknown, declared),
+                _declared_components(plugin),
             )
         self._origins[registered] = origin
         self._registries = None
@@ -177,12 +202,31 @@ class GdmdPluginManager(pluggy.PluginManager):
 
     def _record_failure(self, plugin: str, origin: _Origin, exc: BaseException) -> PluginFailure:
         message = str(exc) if isinstance(exc, RegistryError) else _error_text(exc)
-        failure = PluginFailure(plugin, origin.distribution, origin.version, message)
+        components = exc.components if isinstance(exc, IncompatiblePluginError) else ()
+        failure = PluginFailure(plugin, origin.distribution, origin.version, message, components)
         self.failures.append(failure)
         return failure
 
     def _hook_names(self) -> list[str]:
         return sorted(name for name in dir(hookspecs) if name.startswith("gdmd_"))
+
+    def _unknown_hooks_message(self, plugin: str, unknown: list[str], declared: int | None) -> str:
+        hooks = self._hook_names()
+        message = (
+            f'plugin "{plugin}" implements unknown hook(s) {", ".join(unknown)}: gdmd '
+            f"{__version__} (plugin API {PLUGIN_API_VERSION}) has no such hook, and "
+            f"{_written_for(declared)}."
+        )
+        suggestion = None
+        if len(unknown) == 1:
+            # Compared without the prefix every hook shares, which would make any two close.
+            prefix = "gdmd_register_"
+            tails = {hook.removeprefix(prefix): hook for hook in hooks}
+            close = did_you_mean(unknown[0].removeprefix(prefix), list(tails))
+            suggestion = tails[close] if close else None
+        if suggestion:
+            message += f' Did you mean "{suggestion}"?'
+        return message + f" gdmd's hooks are {', '.join(hooks)}"
 
     # -- registries -----------------------------------------------------------------------
 
@@ -241,6 +285,12 @@ class GdmdPluginManager(pluggy.PluginManager):
         except UnknownComponentError as exc:
             if not self.failures:
                 raise
+            for failure in self.failures:
+                if (kind, name) in failure.components:
+                    raise UnknownComponentError(
+                        f'{kind_label(kind)} "{name}" comes from a plugin gdmd cannot load: '
+                        f"{failure.describe()}"
+                    ) from None
             lines = [str(exc), "It may come from a plugin that failed to load:"]
             lines += [f"  {failure.describe()}" for failure in self.failures]
             raise UnknownComponentError("\n".join(lines)) from None
@@ -309,6 +359,65 @@ def _bound_register(
         )
 
     return register
+
+
+def _declared_api(plugin: Any, label: str) -> int | None:
+    """The plugin's ``GDMD_PLUGIN_API`` (``None`` when it declares none, read as the current
+    version); a version this gdmd does not provide raises :class:`IncompatiblePluginError`."""
+    declared = getattr(plugin, PLUGIN_API_ATTRIBUTE, None)
+    if declared is None:
+        return None
+    provided = f"gdmd {__version__} provides plugin API {PLUGIN_API_VERSION}"
+    if not isinstance(declared, int) or isinstance(declared, bool):
+        raise IncompatiblePluginError(
+            f'plugin "{label}" sets {PLUGIN_API_ATTRIBUTE} = {declared!r}, which is not a '
+            f"plugin API version (an int); {provided}"
+        )
+    if declared > PLUGIN_API_VERSION:
+        raise IncompatiblePluginError(
+            f'plugin "{label}" was written for gdmd plugin API {declared}, but the installed '
+            f"{provided}; upgrade gdmd, or use a release of the plugin written for plugin API "
+            f"{PLUGIN_API_VERSION}",
+            _declared_components(plugin),
+        )
+    if declared < OLDEST_PLUGIN_API_VERSION:
+        raise IncompatiblePluginError(
+            f'plugin "{label}" was written for gdmd plugin API {declared}, which the installed '
+            f"gdmd {__version__} no longer supports (it loads plugin API "
+            f"{OLDEST_PLUGIN_API_VERSION} to {PLUGIN_API_VERSION}); upgrade the plugin",
+            _declared_components(plugin),
+        )
+    return declared
+
+
+def _written_for(declared: int | None) -> str:
+    if declared is None:
+        return f"the plugin declares no plugin API version ({PLUGIN_API_ATTRIBUTE})"
+    return f"the plugin was written for plugin API {declared}"
+
+
+def _declared_components(plugin: Any) -> tuple[tuple[str, str], ...]:
+    """What a refused plugin's register hooks would register, as ``(kind, name)``.
+
+    Best effort, only to tell a recipe that names one of them which plugin it needs: a hook
+    that takes other arguments or raises is skipped, and nothing is registered.
+    """
+    found: list[tuple[str, str]] = []
+    for kind, hook_name in _REGISTER_HOOKS.items():
+        function = getattr(plugin, hook_name, None)
+        if not callable(function) or not hasattr(function, "gdmd_impl"):
+            continue
+
+        def record(name: Any, *args: Any, _kind: str = kind, **kwargs: Any) -> None:
+            if isinstance(name, str):
+                found.append((_kind, name))
+
+        try:
+            if list(inspect.signature(function).parameters) == ["register"]:
+                function(register=record)
+        except Exception:  # a refused plugin's hooks may fail in any way
+            continue
+    return tuple(found)
 
 
 def _conflicts(registries: Registries, specs: list[ComponentSpec]) -> list[str]:
