@@ -266,10 +266,19 @@ def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
             bool,
             typer.Option("--dry-run", help="Build every component and stop before training."),
         ] = False,
+        num_processes: Annotated[
+            int,
+            typer.Option(
+                "--num-processes",
+                min=1,
+                help="Train with N local processes (DDP; gloo on a CPU), started for you. "
+                "Under torchrun or accelerate launch, leave it out (docs/scaling.md).",
+            ),
+        ] = 1,
     ) -> None:
         """Run a recipe: distil, checkpoint, sample, evaluate.
 
-        Works unchanged under accelerate launch.
+        Works unchanged under accelerate launch and torchrun.
         """
         from gdmd.recipe import load_recipe
 
@@ -278,6 +287,12 @@ def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
 
         from gdmd.train import runner
 
+        if num_processes > 1 and not dry_run:
+            from gdmd.train.launch import launch_local
+
+            args = ["run", recipe, *(f"--set={o}" for o in overrides or ())]
+            args += [f"--resume={resume}"] if resume is not None else []
+            raise typer.Exit(launch_local(num_processes, args))
         if dry_run:
             runner.dry_run(loaded, session.pm, console=Console())
         else:
@@ -409,6 +424,11 @@ def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
         _console().print(
             f"wrote {folder / 'eval.json'}, {folder / 'eval.md'} and {folder / 'comparison.png'}"
         )
+
+    # Plugin-author tools live in their own module; only the registration is here.
+    from gdmd.plugin_scaffold import plugin_app
+
+    app.add_typer(plugin_app(), name="plugin", help="Tools for plugin authors (plugin new).")
 
     return app
 

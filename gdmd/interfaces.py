@@ -185,6 +185,14 @@ class TargetContext:
     The callables hide the models: ``real_x0`` is the frozen teacher with CFG, ``fake_x0`` the
     critic (``snapshot`` selects one of ``len(critic_snapshots)`` states kept from the
     critic's inner loop; ``None`` is the current critic). Both run without grad.
+
+    ``sample_t(n)`` and ``sample_noise(n)`` draw ``n`` renoise times ``[n]`` and ``n`` noise
+    tensors ``[n, *sample_shape]``. When ``n`` is a multiple of ``B``, sample ``i`` owns rows
+    ``i * n/B`` to ``(i + 1) * n/B - 1`` (the ``repeat_interleave`` layout) and its draws
+    depend only on the run's seed, the step and the sample's index in the global batch, so a
+    run on N processes draws what one process with N times the batch draws. ``generator`` is
+    a per-process generator: reproducible, but its draws depend on how the batch is split.
+    ``sample_noise`` is ``None`` outside the training loop (draw from ``generator`` then).
     """
 
     x: torch.Tensor
@@ -200,6 +208,7 @@ class TargetContext:
     rewards: list[WeightedReward]
     generator: torch.Generator
     step: int
+    sample_noise: Callable[[int], torch.Tensor] | None = None
 
 
 @dataclass

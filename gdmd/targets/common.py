@@ -28,9 +28,12 @@ def dmd_targets(
     b = x.shape[0]
     draws = b * k if vary_t else b
     t = ctx.sample_t(draws)
-    noise = torch.randn(
-        (draws, *x.shape[1:]), generator=ctx.generator, device=ctx.generator.device
-    ).to(device=x.device, dtype=x.dtype)
+    if ctx.sample_noise is not None:  # per sample: the same draws on any number of processes
+        noise = ctx.sample_noise(draws).to(device=x.device, dtype=x.dtype)
+    else:
+        noise = torch.randn(
+            (draws, *x.shape[1:]), generator=ctx.generator, device=ctx.generator.device
+        ).to(device=x.device, dtype=x.dtype)
     if not vary_t:
         t = t.repeat_interleave(k, dim=0)
         noise = noise.repeat_interleave(k, dim=0)

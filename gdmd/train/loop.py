@@ -11,8 +11,13 @@ Each student update (DMD2's two-time-scale rule, Yin et al. 2024):
    student regresses onto them (plus the strategy's extra loss, for ``dmdr``).
 
 The loop sees models, decoder and rewards only through :mod:`gdmd.interfaces`, so it knows
-neither SD3 nor the toy domain. All randomness comes from one seeded generator that is part
-of the checkpoint, so resuming is exact.
+neither SD3 nor the toy domain. Every random draw depends only on (seed, step, draw site,
+global sample index) (:mod:`gdmd.train.randomness`): resuming is exact without RNG state, and
+N processes with batch ``b`` draw what one process with batch ``N * b`` draws.
+
+On several processes (accelerate: DDP, or FSDP2 with student and critic prepared
+separately), only the main process writes files, and a failure on any process stops every
+process at the next agreement point, before any backward pass or optimizer step.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -32,7 +36,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from gdmd.errors import NonFiniteError, RunInterrupted
+from gdmd.errors import CheckpointError, GdmdError, NonFiniteError, RunInterrupted
 from gdmd.interfaces import (
     Conditioning,
     DiffusionModel,
@@ -44,6 +48,14 @@ from gdmd.interfaces import (
 from gdmd.losses import denoising_loss, group_target_loss
 from gdmd.schedules import RenoiseSampler
 from gdmd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from gdmd.train.distributed import (
+    any_process,
+    check_backend,
+    is_fsdp2,
+    mean_over_processes,
+    stop_together,
+)
+from gdmd.train.randomness import SiteDraws
 
 
 @dataclass
@@ -86,10 +98,30 @@ class LoopSettings:
 
 
 @dataclass
+class TrainState:
+    """Everything a checkpoint holds, live: the prepared networks (DDP/FSDP2 wrappers, or
+    the modules themselves on one process), their optimizers and schedules, EMA, counter."""
+
+    student: torch.nn.Module
+    critic: torch.nn.Module
+    student_inner: torch.nn.Module
+    critic_inner: torch.nn.Module
+    opt_student: Any
+    opt_critic: Any
+    sched_student: Any
+    sched_critic: Any
+    ema: dict[str, torch.Tensor] | None
+    fsdp2: bool
+    step: int = 0
+
+
+@dataclass
 class LoopResult:
     step: int
     metrics: list[dict[str, float]] = field(default_factory=list)
     stopped_by: str | None = None
+    #: The trained state at the end (for callers that inspect or export it).
+    state: TrainState | None = None
 
 
 class _StopFlag:
@@ -148,33 +180,14 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(f"{line}\n" for line in kept))
 
 
-def train(
-    parts: Components,
-    settings: LoopSettings,
-    accelerator: Accelerator,
-    run_dir: Path,
-    *,
-    resume_from: Path | None = None,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
-    on_sample: Callable[[int, DiffusionModel], None] | None = None,
-) -> LoopResult:
-    """Distil ``parts.student`` from ``parts.teacher`` for ``settings.steps`` student updates.
+def prepare_state(parts: Components, s: LoopSettings, accelerator: Accelerator) -> TrainState:
+    """Optimizers and schedules for student and critic, prepared by accelerate.
 
-    ``resume_from``: a checkpoint folder to continue from (exactly). ``on_step`` receives
-    each step's metrics (progress display); ``on_sample`` is called every ``sample_every``
-    steps with the student (or its EMA) to write a sample grid.
+    Only the two trained networks are prepared; the frozen teacher, decoder and rewards never
+    are (accelerate's CPU DDP would wrap a frozen model too, and a prepared model goes into
+    accelerate's state). FSDP2 takes one model per ``prepare`` call, so it gets two.
     """
-    s = settings
-    device = accelerator.device
-    checkpoint_root = run_dir / "checkpoints"
-    metrics_path = run_dir / "metrics.jsonl"
-
-    # 1. Models, optimizers, schedules. The teacher is frozen and never prepared or saved.
-    teacher: torch.nn.Module = parts.teacher  # type: ignore[assignment]
-    teacher.requires_grad_(False)
-    teacher.eval()
-    student_module: torch.nn.Module = parts.student  # type: ignore[assignment]
-    critic_module: torch.nn.Module = parts.critic  # type: ignore[assignment]
+    check_backend(accelerator)
     opt_student = torch.optim.AdamW(
         list(parts.student.trainable_parameters()),
         lr=s.student_lr,
@@ -189,61 +202,177 @@ def train(
     )
     sched_student = torch.optim.lr_scheduler.LambdaLR(opt_student, _warmup(s.warmup_steps))
     sched_critic = torch.optim.lr_scheduler.LambdaLR(opt_critic, _warmup(s.warmup_steps))
-    student, critic, opt_student, opt_critic = accelerator.prepare(
-        student_module, critic_module, opt_student, opt_critic
-    )
+    fsdp2 = is_fsdp2(accelerator)
+    if fsdp2:
+        student, opt_student = accelerator.prepare(parts.student, opt_student)
+        critic, opt_critic = accelerator.prepare(parts.critic, opt_critic)
+    else:
+        student, critic, opt_student, opt_critic = accelerator.prepare(
+            parts.student, parts.critic, opt_student, opt_critic
+        )
     student_inner: torch.nn.Module = accelerator.unwrap_model(student)
     critic_inner: torch.nn.Module = accelerator.unwrap_model(critic)
-    ema: dict[str, torch.Tensor] | None = None
+    ema = None
     if s.ema_decay is not None:
         ema = {n: p.detach().clone() for n, p in _trainable(student_inner).items()}
+    return TrainState(
+        student=student,
+        critic=critic,
+        student_inner=student_inner,
+        critic_inner=critic_inner,
+        opt_student=opt_student,
+        opt_critic=opt_critic,
+        sched_student=sched_student,
+        sched_critic=sched_critic,
+        ema=ema,
+        fsdp2=fsdp2,
+    )
 
-    # One generator drives every random draw (prompts, noise, times), per process.
-    generator = torch.Generator(device="cpu").manual_seed(s.seed + accelerator.process_index)
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A whole tensor from a sharded one (FSDP2 DTensor); a collective for DTensors."""
+    full_tensor = getattr(t, "full_tensor", None)
+    return full_tensor() if callable(full_tensor) else t
+
+
+def checkpoint_payload(state: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(tensors, states)`` for :func:`save_checkpoint`. Under FSDP2 this gathers shards:
+    every process must call it, in the same order."""
+    tensors: dict[str, Any] = {
+        "student": {n: _full(p.detach()) for n, p in _trainable(state.student_inner).items()},
+        "critic": {n: _full(p.detach()) for n, p in _trainable(state.critic_inner).items()},
+    }
+    if state.ema is not None:
+        tensors["ema"] = {n: _full(t) for n, t in state.ema.items()}
+    if state.fsdp2:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        optim_student = get_optimizer_state_dict(
+            state.student, state.opt_student.optimizer, options=options
+        )
+        optim_critic = get_optimizer_state_dict(
+            state.critic, state.opt_critic.optimizer, options=options
+        )
+    else:
+        optim_student = state.opt_student.state_dict()
+        optim_critic = state.opt_critic.state_dict()
+    states = {
+        "optim_student": optim_student,
+        "optim_critic": optim_critic,
+        "sched_student": state.sched_student.state_dict(),
+        "sched_critic": state.sched_critic.state_dict(),
+        "counters": {"step": state.step},
+    }
+    return tensors, states
+
+
+def restore_payload(state: TrainState, path: Path, device: torch.device) -> None:
+    """Load a checkpoint written from :func:`checkpoint_payload` into ``state``."""
+    tensors, states = load_checkpoint(path)
+    for role in ("student", "critic", "optim_student", "optim_critic", "counters"):
+        if role not in tensors and role not in states:
+            raise CheckpointError(f"{path} has no {role} files: not a gdmd training checkpoint")
+    if state.fsdp2:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(state.student, tensors["student"], options=options)
+        set_model_state_dict(state.critic, tensors["critic"], options=options)
+        set_optimizer_state_dict(
+            state.student, state.opt_student.optimizer, states["optim_student"], options=options
+        )
+        set_optimizer_state_dict(
+            state.critic, state.opt_critic.optimizer, states["optim_critic"], options=options
+        )
+    else:
+        state.student_inner.load_state_dict(tensors["student"], strict=False)
+        state.critic_inner.load_state_dict(tensors["critic"], strict=False)
+        state.opt_student.load_state_dict(states["optim_student"])
+        state.opt_critic.load_state_dict(states["optim_critic"])
+    if state.ema is not None and "ema" in tensors:
+        with torch.no_grad():
+            for name, value in state.ema.items():
+                value.copy_(tensors["ema"][name].to(device))
+    state.sched_student.load_state_dict(states["sched_student"])
+    state.sched_critic.load_state_dict(states["sched_critic"])
+    state.step = int(states["counters"]["step"])
+
+
+def train(
+    parts: Components,
+    settings: LoopSettings,
+    accelerator: Accelerator,
+    run_dir: Path,
+    *,
+    resume_from: Path | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_sample: Callable[[int, DiffusionModel], None] | None = None,
+) -> LoopResult:
+    """Distil ``parts.student`` from ``parts.teacher`` for ``settings.steps`` student updates.
+
+    ``resume_from``: a checkpoint folder to continue from (exactly). ``on_step`` receives
+    each step's metrics, averaged over processes (progress display); ``on_sample`` is called
+    every ``sample_every`` steps **on every process** with the student (or its EMA), so a
+    sampler can split its prompts over the processes.
+    """
+    s = settings
+    device = accelerator.device
+    checkpoint_root = run_dir / "checkpoints"
+    metrics_path = run_dir / "metrics.jsonl"
+    main = accelerator.is_main_process
+
+    # 1. Models, optimizers, schedules. The teacher is frozen and never prepared or saved.
+    teacher: torch.nn.Module = parts.teacher  # type: ignore[assignment]
+    teacher.requires_grad_(False)
+    teacher.eval()
+    state = prepare_state(parts, s, accelerator)
+    student, critic = state.student, state.critic
     schedule = parts.teacher.schedule
     timesteps = torch.tensor(s.student_timesteps, dtype=torch.float32)
+    sample_shape = tuple(parts.student.sample_shape)
     snapshots_wanted = int(getattr(parts.target, "critic_snapshots", 0))
-    start_step = 0
+    # This process's samples in the global batch of every draw site.
+    first = accelerator.process_index * s.batch_size
+    my_samples = range(first, first + s.batch_size)
 
-    # 2. Resume: every trainable tensor, optimizer and scheduler state, EMA, RNG, counter.
+    # 2. Resume: every trainable tensor, optimizer and scheduler state, EMA, counter. The
+    # random stream needs no state (it is a function of the step).
     if resume_from is not None:
-        tensors, states = load_checkpoint(resume_from)
-        student_inner.load_state_dict(tensors["student"], strict=False)
-        critic_inner.load_state_dict(tensors["critic"], strict=False)
-        if ema is not None and "ema" in tensors:
-            ema = {n: t.to(device) for n, t in tensors["ema"].items()}
-        opt_student.load_state_dict(states["optim_student"])
-        opt_critic.load_state_dict(states["optim_critic"])
-        sched_student.load_state_dict(states["sched_student"])
-        sched_critic.load_state_dict(states["sched_critic"])
-        generator.set_state(states["rng"]["generator"])
-        start_step = int(states["counters"]["step"])
-        if accelerator.is_main_process:
-            _truncate_metrics(metrics_path, start_step)
+        restore_payload(state, resume_from, device)
+        if main:
+            _truncate_metrics(metrics_path, state.step)
 
-    def noise_like(shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randn(shape, generator=generator).to(device)
+    def draws_at(step: int, *site: int | str) -> SiteDraws:
+        return SiteDraws(s.seed, step, site, my_samples, device, accelerator.process_index)
 
-    def draw_prompts() -> tuple[list[str], Conditioning]:
-        prompts = parts.prompts.sample(s.batch_size, generator)
+    def draw_prompts(draws: SiteDraws) -> tuple[list[str], Conditioning]:
+        prompts = draws.prompts(parts.prompts)
         with torch.no_grad():
             cond = parts.student.encode_prompts(prompts)
         return prompts, {k: v.to(device) for k, v in cond.items()}
 
-    def student_sample(cond: Conditioning, with_grad: bool) -> torch.Tensor:
+    def student_sample(cond: Conditioning, draws: SiteDraws, with_grad: bool) -> torch.Tensor:
         # Backward simulation (DMD2 §4.5): run the student from noise, without grad, to a
-        # random one of its timesteps, re-noise its x0 there, and predict from it.
+        # random one of its timesteps (the same for the whole global batch), re-noise its x0
+        # there, and predict from it.
         b = s.batch_size
-        i = int(torch.randint(len(timesteps), (1,), generator=generator))
-        x_t = noise_like((b, *parts.student.sample_shape))
+        i = draws.shared_index(len(timesteps))
+        x_t = draws.noise(sample_shape)
         with torch.no_grad(), accelerator.autocast():
             steps_before = range(i) if s.backward_simulation else range(min(i, 1))
-            x0 = None
             for j in steps_before:
                 t_j = timesteps[j].expand(b).to(device)
                 x0 = student(x_t, t_j, cond)
                 t_next = timesteps[j + 1 if s.backward_simulation else i].expand(b).to(device)
-                x_t = schedule.add_noise(x0, noise_like(tuple(x0.shape)), t_next)
+                x_t = schedule.add_noise(x0, draws.noise(sample_shape).to(x0.dtype), t_next)
         t_i = timesteps[i].expand(b).to(device)
         context = contextlib.nullcontext() if with_grad else torch.no_grad()
         with context, accelerator.autocast():
@@ -257,9 +386,15 @@ def train(
     def clip_and_check(model: torch.nn.Module, what: str, step: int) -> float:
         params = trainable_params[id(model)]
         max_norm = s.grad_clip if s.grad_clip is not None else float("inf")
-        norm = accelerator.clip_grad_norm_(params, max_norm)
-        norm_t = torch.as_tensor(norm)
-        _check_finite(norm_t, f"{what} gradient norm", step)
+        norm_t = torch.as_tensor(
+            _full(torch.as_tensor(accelerator.clip_grad_norm_(params, max_norm)))
+        )
+        failure: GdmdError | None = None
+        try:
+            _check_finite(norm_t, f"{what} gradient norm", step)
+        except NonFiniteError as exc:
+            failure = exc
+        stop_together(accelerator, failure, step)
         return float(norm_t)
 
     real_guidance = s.guidance_scale
@@ -277,12 +412,12 @@ def train(
             if snapshot is None:
                 return critic(x_t, t, cond).float()
             return torch.func.functional_call(
-                critic_inner, snapshots[snapshot], (x_t, t, cond)
+                state.critic_inner, snapshots[snapshot], (x_t, t, cond)
             ).float()
 
-    result = LoopResult(step=start_step)
+    result = LoopResult(step=state.step, state=state)
     with _StopFlag() as stop:
-        step = start_step
+        step = state.step
         while step < s.steps:
             step_start = time.perf_counter()
             metrics: dict[str, float] = {}
@@ -292,31 +427,38 @@ def train(
             snapshots.clear()
             critic_losses: list[float] = []
             critic_norms: list[float] = []
-            for _ in range(s.critic_steps):
-                opt_critic.zero_grad(set_to_none=True)
+            for inner in range(s.critic_steps):
+                state.opt_critic.zero_grad(set_to_none=True)
                 for micro in range(s.gradient_accumulation_steps):
-                    _, cond = draw_prompts()
-                    x = student_sample(cond, with_grad=False).detach()
-                    t = s.renoise.sample(x.shape[0], step, generator, device)
-                    noise = noise_like(tuple(x.shape))
-                    x_t = schedule.add_noise(x, noise, t)
+                    draws = draws_at(step, "critic", inner, micro)
                     last = micro == s.gradient_accumulation_steps - 1
                     sync = contextlib.nullcontext() if last else accelerator.no_sync(critic)
-                    with sync, accelerator.autocast():
-                        x0_fake = critic(x_t, t, cond)
-                        loss = denoising_loss(
-                            schedule.from_x0(x_t, t, x0_fake.float()),
-                            schedule.training_target(x, noise, t),
-                        )
-                    _check_finite(loss, "critic loss", step)
-                    accelerator.backward(loss / s.gradient_accumulation_steps)
+                    failure: GdmdError | None = None
+                    with sync:
+                        try:
+                            _, cond = draw_prompts(draws)
+                            x = student_sample(cond, draws, with_grad=False).detach()
+                            t = draws.times(s.renoise)
+                            noise = draws.noise(sample_shape).to(x.dtype)
+                            x_t = schedule.add_noise(x, noise, t)
+                            with accelerator.autocast():
+                                x0_fake = critic(x_t, t, cond)
+                                loss = denoising_loss(
+                                    schedule.from_x0(x_t, t, x0_fake.float()),
+                                    schedule.training_target(x, noise, t),
+                                )
+                            _check_finite(loss, "critic loss", step)
+                        except GdmdError as exc:
+                            failure = exc
+                        stop_together(accelerator, failure, step)
+                        accelerator.backward(loss / s.gradient_accumulation_steps)
                     critic_losses.append(float(loss.detach()))
                 critic_norms.append(clip_and_check(critic, "critic", step))
-                opt_critic.step()
-                sched_critic.step()
+                state.opt_critic.step()
+                state.sched_critic.step()
                 if snapshots_wanted:
                     snapshots.append(
-                        {n: p.detach().clone() for n, p in _trainable(critic_inner).items()}
+                        {n: p.detach().clone() for n, p in _trainable(state.critic_inner).items()}
                     )
                     del snapshots[:-snapshots_wanted]
             metrics["critic/loss"] = sum(critic_losses) / len(critic_losses)
@@ -325,107 +467,100 @@ def train(
 
             # 4. Student update: targets (and weights) from the strategy, then regression.
             student.train()
-            opt_student.zero_grad(set_to_none=True)
+            state.opt_student.zero_grad(set_to_none=True)
             student_losses = []
             for micro in range(s.gradient_accumulation_steps):
-                prompts, cond = draw_prompts()
+                draws = draws_at(step, "student", micro)
                 last = micro == s.gradient_accumulation_steps - 1
                 sync = contextlib.nullcontext() if last else accelerator.no_sync(student)
+                failure = None
                 with sync:
-                    x = student_sample(cond, with_grad=True)
-                    out = parts.target(
-                        TargetContext(
-                            x=x,
-                            prompts=prompts,
-                            cond_real=cond,
-                            cond_fake=cond,
-                            schedule=schedule,
-                            real_x0=real_x0,
-                            fake_x0=fake_x0,
-                            num_critic_snapshots=len(snapshots),
-                            sample_t=partial(
-                                s.renoise.sample, step=step, generator=generator, device=device
-                            ),
-                            decoder=parts.teacher.decoder,
-                            rewards=parts.rewards,
-                            generator=generator,
-                            step=step,
+                    try:
+                        prompts, cond = draw_prompts(draws)
+                        x = student_sample(cond, draws, with_grad=True)
+                        out = parts.target(
+                            TargetContext(
+                                x=x,
+                                prompts=prompts,
+                                cond_real=cond,
+                                cond_fake=cond,
+                                schedule=schedule,
+                                real_x0=real_x0,
+                                fake_x0=fake_x0,
+                                num_critic_snapshots=len(snapshots),
+                                sample_t=lambda n, d=draws: d.times_for(s.renoise, n),
+                                decoder=parts.teacher.decoder,
+                                rewards=parts.rewards,
+                                generator=draws.process,
+                                step=step,
+                                sample_noise=lambda n, d=draws: d.noise_for(n, sample_shape),
+                            )
                         )
-                    )
-                    _check_finite(out.targets, "DMD target", step)
-                    _check_finite(out.weights, "target weights", step)
-                    loss = group_target_loss(x, out.targets, out.weights)
-                    if out.extra_loss is not None:
-                        loss = loss + out.extra_loss
-                    _check_finite(loss, "student loss", step)
+                        _check_finite(out.targets, "DMD target", step)
+                        _check_finite(out.weights, "target weights", step)
+                        loss = group_target_loss(x, out.targets, out.weights)
+                        if out.extra_loss is not None:
+                            loss = loss + out.extra_loss
+                        _check_finite(loss, "student loss", step)
+                    except GdmdError as exc:
+                        failure = exc
+                    stop_together(accelerator, failure, step)
                     accelerator.backward(loss / s.gradient_accumulation_steps)
                 student_losses.append(float(loss.detach()))
                 for name, value in out.metrics.items():
                     metrics[name] = value
             metrics["student/grad_norm"] = clip_and_check(student, "student", step)
-            opt_student.step()
-            sched_student.step()
+            state.opt_student.step()
+            state.sched_student.step()
             metrics["student/loss"] = sum(student_losses) / len(student_losses)
-            if ema is not None and s.ema_decay is not None:
+            if state.ema is not None and s.ema_decay is not None:
                 decay = s.ema_decay
                 with torch.no_grad():
-                    for name, p in _trainable(student_inner).items():
-                        ema[name].mul_(decay).add_(p.detach(), alpha=1.0 - decay)
+                    for name, p in _trainable(state.student_inner).items():
+                        state.ema[name].mul_(decay).add_(p.detach(), alpha=1.0 - decay)
             step += 1
+            state.step = step
             result.step = step
             metrics["step_time"] = time.perf_counter() - step_start
-            metrics["lr/student"] = float(sched_student.get_last_lr()[0])
+            metrics["lr/student"] = float(state.sched_student.get_last_lr()[0])
 
-            # 5. Logging, samples, checkpoints, and a clean stop on SIGTERM/SIGINT.
+            # 5. Logging, samples, checkpoints, and a clean stop on SIGTERM/SIGINT. Metrics
+            # are means over the processes; only the main process writes.
+            metrics = mean_over_processes(accelerator, metrics)
             if step % s.log_every == 0 or step == s.steps:
                 record = {"step": step, **metrics}
                 result.metrics.append(record)
-                if accelerator.is_main_process:
+                if main:
                     with metrics_path.open("a") as handle:
                         handle.write(json.dumps(record) + "\n")
                     accelerator.log(metrics, step=step)
             if on_step is not None:
                 on_step(step, metrics)
             if on_sample is not None and s.sample_every and step % s.sample_every == 0:
-                on_sample(step, _with_ema(student_inner, ema))
+                on_sample(step, _with_ema(state.student_inner, state.ema))
 
-            interrupted = stop.signal is not None
+            # Every process must agree to stop at the same step, or one would wait for the
+            # others in the next step's collectives.
+            interrupted = any_process(accelerator, stop.signal is not None)
             due = s.checkpoint_every and step % s.checkpoint_every == 0
             if due or interrupted or step == s.steps:
+                tensors, states = checkpoint_payload(state)
                 accelerator.wait_for_everyone()
-                if accelerator.is_main_process:
-                    tensors = {
-                        "student": _trainable(student_inner),
-                        "critic": _trainable(critic_inner),
-                    }
-                    if ema is not None:
-                        tensors["ema"] = ema
-                    save_checkpoint(
-                        checkpoint_root,
-                        step,
-                        tensors,
-                        {
-                            "optim_student": opt_student.state_dict(),
-                            "optim_critic": opt_critic.state_dict(),
-                            "sched_student": sched_student.state_dict(),
-                            "sched_critic": sched_critic.state_dict(),
-                            "rng": {"generator": generator.get_state()},
-                            "counters": {"step": step},
-                        },
-                        keep=s.keep_checkpoints,
-                    )
+                if main:
+                    save_checkpoint(checkpoint_root, step, tensors, states, keep=s.keep_checkpoints)
                 accelerator.wait_for_everyone()
             if interrupted:
-                name = signal.Signals(stop.signal).name if stop.signal is not None else "signal"
+                received = stop.signal if stop.signal is not None else signal.SIGTERM
+                name = signal.Signals(received).name
                 result.stopped_by = name
-                code = 143 if stop.signal == signal.SIGTERM else 130
+                code = 143 if received == signal.SIGTERM else 130
                 raise RunInterrupted(
                     f"received {name} at step {step}: saved checkpoint "
                     f"{latest_checkpoint(checkpoint_root)}; continue with --resume auto",
                     exit_code=code,
                 )
-    if ema is not None:
-        _load_ema(student_inner, ema)
+    if state.ema is not None:
+        _load_ema(state.student_inner, state.ema)
     return result
 
 

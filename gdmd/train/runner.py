@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,20 @@ from gdmd.errors import CheckpointError, GdmdError, RecipeError
 from gdmd.interfaces import BuildContext, DiffusionModel, WeightedReward
 from gdmd.schedules import RenoiseSampler
 from gdmd.train.checkpoint import COMPLETE, complete_checkpoints, latest_checkpoint
+from gdmd.train.distributed import (
+    broadcast_from_main,
+    check_backend,
+    check_launch,
+    is_fsdp2,
+    wants_cpu,
+)
 from gdmd.train.loop import Components, LoopResult, LoopSettings, train
+from gdmd.train.randomness import derive_seed
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 
 class ComponentBuildError(GdmdError):
@@ -177,7 +191,7 @@ def make_accelerator(recipe: Any, run_dir: Path | None) -> Accelerator:
     trackers = [t for t in recipe.log.trackers if t != "jsonl"] if run_dir is not None else []
     return Accelerator(
         mixed_precision=recipe.accelerate.mixed_precision,
-        cpu=recipe.accelerate.cpu,
+        cpu=wants_cpu(recipe.accelerate.cpu),
         log_with=trackers or None,
         project_dir=str(run_dir) if run_dir is not None else None,
     )
@@ -209,6 +223,78 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
     return found
 
 
+#: Recipe keys a resume may change: they extend the run or change what is observed of it,
+#: never what the steps already taken computed (warm-up and annealing count from step 0).
+RESUMABLE_KEYS = frozenset(
+    {
+        "train.steps",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.sample_every",
+        "train.num_sample_prompts",
+        "log.every",
+        "log.trackers",
+    }
+)
+
+
+def _flatten(table: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{dotted}."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def recipe_differences(saved_toml: str, current_toml: str) -> list[str]:
+    """Dotted keys whose values differ between two resolved recipes, sorted."""
+    saved = _flatten(tomllib.loads(saved_toml))
+    current = _flatten(tomllib.loads(current_toml))
+    return sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+
+
+def check_resume_recipe(recipe: Any, checkpoint: Path) -> None:
+    """Refuse to resume ``checkpoint`` with a recipe that differs from the one that wrote it
+    (in anything but :data:`RESUMABLE_KEYS`), naming the keys that differ."""
+    run_dir = checkpoint.parent.parent
+    resolved = run_dir / "resolved.toml"
+    if not resolved.is_file():
+        raise CheckpointError(
+            f"{run_dir} has no resolved.toml, so the recipe that wrote {checkpoint.name} is "
+            "unknown; refusing to resume it"
+        )
+    differing = [
+        k
+        for k in recipe_differences(resolved.read_text(), recipe.to_toml())
+        if k not in RESUMABLE_KEYS
+    ]
+    if not differing:
+        return
+    saved = _flatten(tomllib.loads(resolved.read_text()))
+    current = _flatten(tomllib.loads(recipe.to_toml()))
+
+    def show(table: dict[str, Any], key: str) -> str:
+        return repr(table[key]) if key in table else "(absent)"
+
+    lines = [f"{k}: run has {show(saved, k)}, now {show(current, k)}" for k in differing]
+    raise CheckpointError(
+        f"refusing to resume {run_dir}: the recipe differs from its resolved.toml in "
+        f"{len(differing)} key(s) (only {', '.join(sorted(RESUMABLE_KEYS))} may change on "
+        "resume):\n  " + "\n  ".join(lines)
+    )
+
+
+def _decide_resume(recipe: Any, run_dir: Path, resume: str | None) -> Path | None:
+    """On the main process: the checkpoint to resume (checked against the recipe), or None."""
+    resume_from = resolve_resume(run_dir, resume)
+    if resume_from is not None:
+        check_resume_recipe(recipe, resume_from)
+    return resume_from
+
+
 def plugins_lock(pm: Any) -> str:
     """``distribution==version  # plugins`` per distribution, then plugins registered in code."""
     by_dist: dict[tuple[str, str], list[str]] = {}
@@ -235,8 +321,19 @@ def _describe(metrics: dict[str, float]) -> str:
 
 
 def _sample_writer(
-    recipe: Any, parts: Components, settings: LoopSettings, run_dir: Path, device: torch.device
+    recipe: Any,
+    parts: Components,
+    settings: LoopSettings,
+    run_dir: Path,
+    accelerator: Accelerator,
 ) -> Callable[[int, DiffusionModel], None]:
+    """Sample grids, split over the processes and gathered; the main process writes them.
+
+    Each prompt's starting noise comes from its own seed, so the grid does not depend on how
+    many processes drew it (the re-noising between student steps does).
+    """
+    from accelerate.utils import gather
+
     from gdmd.images import save_grid
     from gdmd.sampling import consistency_sample
 
@@ -246,16 +343,38 @@ def _sample_writer(
     # Spread over the list (evaluation prompts come grouped by category).
     count = recipe.train.num_sample_prompts
     prompts = prompts[:: max(1, len(prompts) // count)][:count]
+    # Every process samples the same number of prompts (the last repeated as padding): under
+    # FSDP2 each forward is a collective.
+    per_process = -(-len(prompts) // accelerator.num_processes)
+    padded = prompts + prompts[-1:] * (per_process * accelerator.num_processes - len(prompts))
+    first = accelerator.process_index * per_process
+    mine = list(range(first, first + per_process))
+    device = accelerator.device
 
     def write(step: int, model: DiffusionModel) -> None:
-        generator = torch.Generator().manual_seed(recipe.run.seed)
+        seed = recipe.run.seed
+        noise = torch.stack(
+            [
+                torch.randn(
+                    model.sample_shape,
+                    generator=torch.Generator().manual_seed(derive_seed(seed, "sample", i)),
+                )
+                for i in mine
+            ]
+        ).to(device)
+        renoise = torch.Generator().manual_seed(
+            derive_seed(seed, "sample-renoise", accelerator.process_index)
+        )
         with torch.no_grad():
-            cond = {k: v.to(device) for k, v in model.encode_prompts(prompts).items()}
-            noise = torch.randn(len(prompts), *model.sample_shape, generator=generator).to(device)
-            x0 = consistency_sample(model, cond, noise, settings.student_timesteps, generator)
-            images = parts.teacher.decoder.decode(x0)
-        upscale = max(1, 128 // images.shape[-1])
-        save_grid(images, run_dir / "samples" / f"step-{step:07d}.png", prompts, upscale=upscale)
+            chunk = [padded[i] for i in mine]
+            cond = {k: v.to(device) for k, v in model.encode_prompts(chunk).items()}
+            x0 = consistency_sample(model, cond, noise, settings.student_timesteps, renoise)
+            images = gather(parts.teacher.decoder.decode(x0).contiguous())[: len(prompts)]
+        if accelerator.is_main_process:
+            upscale = max(1, 128 // images.shape[-1])
+            save_grid(
+                images.cpu(), run_dir / "samples" / f"step-{step:07d}.png", prompts, upscale=upscale
+            )
 
     return write
 
@@ -263,16 +382,34 @@ def _sample_writer(
 def run_recipe(
     recipe: Any, pm: Any, *, resume: str | None = None, console: Console | None = None
 ) -> Path:
-    """Run a recipe to the end (or resume it) and return its run directory."""
+    """Run a recipe to the end (or resume it) and return its run directory.
+
+    Under a launcher (``torchrun``, ``accelerate launch``, ``gdmd run --num-processes``) every
+    process calls this; the main process decides whether and from where to resume, checks
+    the recipe against the run's, and is the only one that writes.
+    """
     console = console or Console()
     run_dir = run_dir_of(recipe)
-    resume_from = resolve_resume(run_dir, resume)
+    # 1. Processes and back end first, so a broken launch never touches the run directory.
     accelerator = make_accelerator(recipe, run_dir)
+    check_launch(accelerator)
+    check_backend(accelerator)
     main = accelerator.is_main_process
+    decision: tuple[str, Any] = ("fresh", None)
+    if main:
+        try:
+            decision = ("resume", _decide_resume(recipe, run_dir, resume))
+        except GdmdError as exc:
+            decision = ("error", exc)
+    kind, value = broadcast_from_main(accelerator, decision)
+    if kind == "error":
+        raise value
+    resume_from: Path | None = value
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "resolved.toml").write_text(recipe.to_toml())
         (run_dir / "plugins.lock").write_text(plugins_lock(pm))
+    accelerator.wait_for_everyone()
     if resume_from is not None:
         console.print(f"[bold]resuming[/] from {resume_from}")
     elif resume == "auto":
@@ -284,23 +421,30 @@ def run_recipe(
     if recipe.log.trackers and any(t != "jsonl" for t in recipe.log.trackers):
         accelerator.init_trackers("gdmd", config=_flat_hparams(recipe))
     on_sample = (
-        _sample_writer(recipe, parts, settings, run_dir, accelerator.device)
-        if main and settings.sample_every
+        _sample_writer(recipe, parts, settings, run_dir, accelerator)
+        if settings.sample_every
         else None
     )
     result = _train_with_progress(
         parts, settings, accelerator, run_dir, resume_from, console, on_sample
     )
     accelerator.wait_for_everyone()
+    fsdp2 = is_fsdp2(accelerator)
     if main:
-        final = run_dir / "student"
-        tmp = run_dir / ".student-tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        accelerator.unwrap_model(parts.student).save_pretrained(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        if fsdp2:
+            console.print(
+                "FSDP2: the trained student tensors are in the last checkpoint "
+                f"({latest_checkpoint(run_dir / 'checkpoints')}); no student/ export is written"
+            )
+        else:
+            final = run_dir / "student"
+            tmp = run_dir / ".student-tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            accelerator.unwrap_model(parts.student).save_pretrained(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
         (run_dir / "run.json").write_text(
             json.dumps(
                 {
@@ -308,14 +452,18 @@ def run_recipe(
                     "student_timesteps": settings.student_timesteps,
                     "guidance_scale": settings.guidance_scale,
                     "target": recipe.target.kind,
+                    "num_processes": accelerator.num_processes,
+                    "distributed_type": str(accelerator.distributed_type),
                 },
                 indent=1,
             )
         )
-        if settings.sample_every and on_sample is not None and result.step % settings.sample_every:
-            on_sample(result.step, parts.student)
+    if settings.sample_every and on_sample is not None and result.step % settings.sample_every:
+        on_sample(result.step, parts.student)
+    accelerator.wait_for_everyone()
     accelerator.end_training()
-    console.print(f"[green]done[/]: {result.step} steps, run directory {run_dir}")
+    if main:
+        console.print(f"[green]done[/]: {result.step} steps, run directory {run_dir}")
     return run_dir
 
 
@@ -343,7 +491,9 @@ def _train_with_progress(
     on_sample: Callable[[int, DiffusionModel], None] | None,
 ) -> LoopResult:
     if not accelerator.is_main_process:
-        return train(parts, settings, accelerator, run_dir, resume_from=resume_from)
+        return train(
+            parts, settings, accelerator, run_dir, resume_from=resume_from, on_sample=on_sample
+        )
     if console.is_terminal:
         progress = Progress(
             TextColumn("[bold]distilling"),

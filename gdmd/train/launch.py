@@ -1,0 +1,56 @@
+"""``gdmd run --num-processes N``: start N local processes with PyTorch's own launcher.
+
+The processes are started by torch elastic (what ``torchrun --standalone`` does: a local
+rendezvous on a free port, no restarts), each running the same ``gdmd run`` command; accelerate
+then forms the process group from the environment the launcher set. The launcher reports each
+process's exit status, so the command exits with the code of the process that failed first
+(2 for a refused recipe, 3 for a non-finite value, 143 after SIGTERM).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Sequence
+
+from gdmd.errors import GdmdError
+from gdmd.train.distributed import LaunchError, launched_world_size
+
+
+def launch_local(num_processes: int, gdmd_args: Sequence[str]) -> int:
+    """Run ``python -m gdmd <gdmd_args>`` in ``num_processes`` local processes; return the
+    exit code to report."""
+    if launched_world_size() > 1:
+        raise LaunchError(
+            "--num-processes starts processes itself; this command already runs under a "
+            "launcher (WORLD_SIZE is set). Drop --num-processes, or the outer launcher"
+        )
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # Without this each process would use every core; torchrun makes the same choice.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=num_processes,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=0,
+        monitor_interval=0.1,
+    )
+    try:
+        elastic_launch(config, sys.executable)("-m", "gdmd", *gdmd_args)
+    except ChildFailedError as failed:
+        first = min(failed.failures.values(), key=lambda f: f.timestamp)
+        code = first.exitcode
+        # A process killed by a signal reports -signum; shells report 128 + signum.
+        return 128 - code if code < 0 else code
+    except SignalException as received:
+        return 128 + int(received.sigval)
+    except Exception as exc:  # the launcher itself failed (rendezvous, spawn)
+        raise GdmdError(f"could not start {num_processes} processes: {exc}") from exc
+    return 0
