@@ -430,11 +430,6 @@ def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
 
     app.add_typer(plugin_app(), name="plugin", help="Tools for plugin authors (plugin new).")
 
-    # Plugin-author tools live in their own module; only the registration is here.
-    from gdmd.plugin_scaffold import plugin_app
-
-    app.add_typer(plugin_app(), name="plugin", help="Tools for plugin authors (plugin new).")
-
     return app
 
 
