@@ -36,10 +36,15 @@ install: $(STAMP)
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# The first-party plugin distributions (plugins/*/), installed like any third party's so
+# `gdmd list-plugins` shows them by default; their tests run with the core's.
+PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
+
 # torch first, so pip does not pick a torch build for gdmd's dependencies on its own.
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,plots]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,plots]' \
+		$(foreach p,$(PLUGINS),-e $(p))
 	touch $@
 
 # Every toy recipe over three seeds; rewrites docs/benchmarks/ and the toy table in
@@ -53,7 +58,7 @@ bench-engine: install
 
 lint: install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'ruff>=0.5'
-	$(BIN)/python -m ruff check gdmd tests
+	$(BIN)/python -m ruff check gdmd tests plugins
 
 clean-venv:
 	rm -rf $(VENV)

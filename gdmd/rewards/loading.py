@@ -26,6 +26,7 @@ __all__ = [
     "describe_keys",
     "first_line",
     "is_hub_id",
+    "load_error_details",
     "load_torch_state_dict",
     "offline_hint",
     "resolve_file",
@@ -164,6 +165,12 @@ def describe_keys(keys: Iterable[str]) -> str:
     shown = ", ".join(keys[:_SHOWN_KEYS])
     more = len(keys) - _SHOWN_KEYS
     return shown + (f" ... and {more} more" if more > 0 else "")
+
+
+def load_error_details(err: RuntimeError) -> str:
+    """The informative lines of ``load_state_dict``'s error (its first line is only a header)."""
+    lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+    return "; ".join(lines[:3]) + (f" ... and {len(lines) - 3} more" if len(lines) > 3 else "")
 
 
 def check_keys(

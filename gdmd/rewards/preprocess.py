@@ -44,11 +44,15 @@ def shortest_edge_size(height: int, width: int, shortest_edge: int) -> tuple[int
     return (new_long, shortest_edge) if width <= height else (shortest_edge, new_long)
 
 
-def center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Crop the centre ``size`` (height, width); offsets ``(H - h) // 2`` as transformers' crop.
+def center_crop(
+    images: torch.Tensor, size: tuple[int, int], offsets: str = "floor"
+) -> torch.Tensor:
+    """Crop the centre ``size`` (height, width).
 
-    An image smaller than ``size`` in some dimension is zero-padded there first, around the
-    centre, so the output always has the requested size.
+    ``offsets="floor"`` starts at ``(H - h) // 2`` as transformers' ``CLIPImageProcessor``
+    does; ``"round"`` at ``round((H - h) / 2)`` as torchvision's ``CenterCrop`` does (they
+    differ by a pixel when ``H - h`` is odd). An image smaller than ``size`` in some dimension
+    is zero-padded there first, around the centre, so the output always has the requested size.
     """
     height, width = images.shape[-2:]
     crop_h, crop_w = size
@@ -56,8 +60,10 @@ def center_crop(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
         images = F.pad(images, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
         height, width = images.shape[-2:]
-    top = (height - crop_h) // 2
-    left = (width - crop_w) // 2
+    if offsets == "round":
+        top, left = round((height - crop_h) / 2), round((width - crop_w) / 2)
+    else:
+        top, left = (height - crop_h) // 2, (width - crop_w) // 2
     return images[..., top : top + crop_h, left : left + crop_w]
 
 
@@ -91,8 +97,9 @@ class ResizeCropNormalize:
 
     ``resize`` is the shortest side (an int, the usual CLIP setting) or an exact
     ``(height, width)``; ``crop_size`` ``None`` skips the crop. Used by CLIP, PickScore and
-    ImageReward (whose ``Resize(224)`` + ``CenterCrop(224)`` is the same geometry). ``mode``
-    is the interpolation (``"bicubic"`` for PIL's resample 3, ``"bilinear"`` for 2).
+    ImageReward (whose torchvision ``Resize(224)`` + ``CenterCrop(224)`` is the same geometry
+    with ``crop_offsets="round"``). ``mode`` is the interpolation (``"bicubic"`` for PIL's
+    resample 3, ``"bilinear"`` for 2).
     """
 
     resize: int | tuple[int, int]
@@ -100,6 +107,7 @@ class ResizeCropNormalize:
     mean: tuple[float, ...] = CLIP_MEAN
     std: tuple[float, ...] = CLIP_STD
     mode: str = "bicubic"
+    crop_offsets: str = "floor"
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         height, width = images.shape[-2:]
@@ -109,7 +117,7 @@ class ResizeCropNormalize:
             size = self.resize
         images = resize(images, size, self.mode)
         if self.crop_size is not None:
-            images = center_crop(images, self.crop_size)
+            images = center_crop(images, self.crop_size, self.crop_offsets)
         return normalize(images, self.mean, self.std)
 
 

@@ -112,12 +112,12 @@ def test_other_commands_still_work(plugin_site: Path, tmp_path: Path) -> None:
     assert "example-brightness" in reward_kinds["properties"]["kind"]["enum"]
 
     recipe = tmp_path / "x.toml"
-    recipe.write_text('[reward.hps]\nkind = "hpsv2"\n', encoding="utf-8")
+    recipe.write_text('[reward.aes]\nkind = "aesthetic-v9"\n', encoding="utf-8")
     result = gdmd_command(plugin_site, "validate", str(recipe))
     assert result.returncode == 2
     # The unknown reward's message names the plugin that failed to load: it is fatal only
     # to a recipe that needs it.
-    assert 'unknown reward "hpsv2"' in result.stderr
+    assert 'unknown reward "aesthetic-v9"' in result.stderr
     assert f'plugin "broken" (gdmd-broken-plugin 0.0.1): {BROKEN_ERROR}' in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -76,6 +76,13 @@ def test_center_crop_takes_the_floor_offset():
     assert crop[0, 0, 0, 0] == 1 * 8 + 1
 
 
+def test_center_crop_can_round_its_offsets_as_torchvision_does():
+    images = torch.arange(9 * 4, dtype=torch.float32).view(1, 1, 9, 4)
+    # (9 - 6) / 2 = 1.5: transformers starts at row 1, torchvision at round(1.5) = 2.
+    assert center_crop(images, (6, 4))[0, 0, 0, 0] == 1 * 4
+    assert center_crop(images, (6, 4), "round")[0, 0, 0, 0] == 2 * 4
+
+
 def test_resize_longest_and_pad_geometry():
     images = torch.ones(1, 3, 40, 24)
     out = resize_longest_and_pad(images, 32)
