@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from gdmd.interfaces import BuildContext
     from gdmd.toy.alignment import AlignmentReward
     from gdmd.toy.checker import CheckerReward
-    from gdmd.toy.grammar import ToyPrompts
+    from gdmd.toy.prompts import ToyPrompts
 
 
 class ToyAlignmentRewardConfig(ComponentConfig):
@@ -84,6 +84,6 @@ def build_checker_reward(config: ToyCheckerRewardConfig, ctx: BuildContext) -> C
 
 def build_toy_prompts(config: ToyPromptsConfig, ctx: BuildContext) -> ToyPrompts:
     """The toy prompt source."""
-    from gdmd.toy.grammar import ToyPrompts
+    from gdmd.toy.prompts import ToyPrompts
 
     return ToyPrompts(eval_per_category=config.eval_per_category, categories=config.categories)

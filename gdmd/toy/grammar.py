@@ -25,7 +25,8 @@ The split into training and evaluation prompts is by *meaning*: "A and B" and "B
 never seen in training under another wording. Within each category the canonical prompts are
 ordered by a seeded SHA-256 hash and the first ``ceil(HELDOUT_FRACTION * n)`` are held out.
 
-Pure Python; imports no torch (only :meth:`ToyPrompts.sample` does, to use a torch generator).
+Pure Python; imports no torch. The prompt source built on it is
+:class:`gdmd.toy.prompts.ToyPrompts`.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 from gdmd.errors import GdmdError
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 SHAPES: tuple[str, ...] = ("square", "circle", "triangle")
@@ -405,42 +406,3 @@ def hard_negatives(prompt: str) -> list[str]:
         if parsed != own:
             negatives[parsed] = None
     return [format_prompt(n) for n in negatives]
-
-
-class ToyPrompts:
-    """The toy :class:`~gdmd.interfaces.PromptSource`: category-balanced training prompts.
-
-    ``sample`` draws a category uniformly, then one of its unique training prompts uniformly;
-    ``evaluation_prompts`` is :func:`evaluation_prompts` with ``eval_per_category``.
-    ``categories`` keeps only those categories, for training and evaluation (default: all).
-    """
-
-    def __init__(
-        self, eval_per_category: int | None = 24, categories: Sequence[str] | None = None
-    ) -> None:
-        self.eval_per_category = eval_per_category
-        self.categories = _check_categories(categories)
-        self._training = {c: _split(c, heldout=False) for c in self.categories}
-
-    def sample(self, n: int, generator: torch.Generator) -> list[str]:
-        """``n`` training prompts drawn with ``generator`` (a torch generator)."""
-        import torch
-
-        device = generator.device
-        categories = torch.randint(len(self.categories), (n,), generator=generator, device=device)
-        picks = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
-        prompts = []
-        for category_index, u in zip(categories.tolist(), picks.tolist(), strict=True):
-            pool = self._training[self.categories[category_index]]
-            prompts.append(pool[min(int(u * len(pool)), len(pool) - 1)])
-        return prompts
-
-    def evaluation_prompts(self) -> list[str]:
-        """The held-out prompts, ``eval_per_category`` from each category."""
-        return evaluation_prompts(self.eval_per_category, self.categories)
-
-    def evaluate(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:
-        """The toy benchmark's metrics (see :func:`gdmd.toy.metrics.evaluate_toy`)."""
-        from gdmd.toy.metrics import evaluate_toy
-
-        return evaluate_toy(images, prompts)

@@ -15,7 +15,6 @@ from gdmd.toy.grammar import (
     ObjectSpec,
     PromptGrammarError,
     PromptSpec,
-    ToyPrompts,
     all_prompts,
     canonical,
     evaluation_prompts,
@@ -26,6 +25,7 @@ from gdmd.toy.grammar import (
     split_prompts,
     training_prompts,
 )
+from gdmd.toy.prompts import ToyPrompts
 
 
 @pytest.mark.parametrize(
