@@ -8,11 +8,13 @@ torchtitan's step folders and Lightning's atomic save.)
 
 Tensors go to safetensors files; everything else (optimizer hyper-parameters, scheduler
 state, counters) to JSON. Optimizer states are flattened into tensors plus a JSON skeleton,
-so nothing is ever unpickled.
+so nothing is ever unpickled. The marker lists every file with its SHA-256, so a file that
+was truncated, corrupted or removed after the save is reported by name instead of loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -91,6 +93,14 @@ def unflatten_state(skeleton: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
     return skeleton
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def step_dirname(step: int) -> str:
     return f"step-{step:07d}"
 
@@ -149,7 +159,8 @@ def save_checkpoint(
     for path in written:
         _fsync_file(path)
     marker = tmp / COMPLETE
-    marker.write_text(json.dumps({"step": step}))
+    files = {path.name: _sha256(path) for path in written}
+    marker.write_text(json.dumps({"step": step, "files": files}, indent=1, sort_keys=True))
     _fsync_file(marker)
     _fsync_dir(tmp)
     if final.exists():
@@ -165,23 +176,57 @@ def save_checkpoint(
     return final
 
 
+def verify_checkpoint(path: Path) -> None:
+    """Check that every file the marker lists is there, whole and unchanged."""
+    marker = path / COMPLETE
+    if not marker.is_file():
+        raise CheckpointError(f"{path} is not a complete checkpoint (no {COMPLETE} marker)")
+    try:
+        files = json.loads(marker.read_text()).get("files")
+    except (ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{marker} is unreadable ({exc}); the checkpoint is damaged") from exc
+    if files is None:  # written before the marker listed its files
+        return
+    for name, expected in sorted(files.items()):
+        file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{path} is damaged: {name} is missing")
+        if _sha256(file) != expected:
+            raise CheckpointError(
+                f"{path} is damaged: {name} does not match the checksum written with it "
+                "(truncated or corrupted after the save)"
+            )
+    extra = sorted(p.name for p in path.iterdir() if p.name != COMPLETE and p.name not in files)
+    if extra:
+        raise CheckpointError(f"{path} holds files its save did not write: {', '.join(extra)}")
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """Read a checkpoint written by :func:`save_checkpoint`.
+    """Read a checkpoint written by :func:`save_checkpoint`, after :func:`verify_checkpoint`.
 
     Returns ``(tensors, states)``: flat tensor files without a JSON sibling are in
-    ``tensors``; the rest are rebuilt nested states in ``states``.
+    ``tensors``; the rest are rebuilt nested states in ``states``. Any damage is a
+    :class:`CheckpointError` naming the file.
     """
-    if not (path / COMPLETE).is_file():
-        raise CheckpointError(f"{path} is not a complete checkpoint (no {COMPLETE} marker)")
+    verify_checkpoint(path)
     tensors: dict[str, dict[str, torch.Tensor]] = {}
     states: dict[str, Any] = {}
-    for file in sorted(path.glob("*.json")):
-        stem = file.stem
-        data = json.loads(file.read_text())
-        st = path / f"{stem}.safetensors"
-        flat = load_file(str(st)) if st.exists() else {}
-        states[stem] = unflatten_state(data, flat)
-    for file in sorted(path.glob("*.safetensors")):
-        if not (path / f"{file.stem}.json").exists():
-            tensors[file.stem] = load_file(str(file))
+    current = path
+    try:
+        for file in sorted(path.glob("*.json")):
+            current = file
+            stem = file.stem
+            data = json.loads(file.read_text())
+            st = path / f"{stem}.safetensors"
+            current = st
+            flat = load_file(str(st)) if st.exists() else {}
+            states[stem] = unflatten_state(data, flat)
+        for file in sorted(path.glob("*.safetensors")):
+            if not (path / f"{file.stem}.json").exists():
+                current = file
+                tensors[file.stem] = load_file(str(file))
+    except Exception as exc:
+        raise CheckpointError(
+            f"{path} is damaged: cannot read {current.name} ({type(exc).__name__}: {exc})"
+        ) from exc
     return tensors, states

@@ -276,6 +276,26 @@ def restore_payload(state: TrainState, path: Path, device: torch.device) -> None
     for role in ("student", "critic", "optim_student", "optim_critic", "counters"):
         if role not in tensors and role not in states:
             raise CheckpointError(f"{path} has no {role} files: not a gdmd training checkpoint")
+    for role, module in (("student", state.student_inner), ("critic", state.critic_inner)):
+        expected, saved = set(_trainable(module)), set(tensors[role])
+        if expected != saved:
+            missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+            raise CheckpointError(
+                f"{path} does not hold this run's {role}: missing {missing[:3]}"
+                f"{' ...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+                f"{' ...' if len(unexpected) > 3 else ''}"
+            )
+    try:
+        _restore(state, tensors, states, device)
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(
+            f"{path} does not fit this run's networks or optimizers ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _restore(
+    state: TrainState, tensors: dict[str, Any], states: dict[str, Any], device: torch.device
+) -> None:
     if state.fsdp2:
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,

@@ -227,6 +227,7 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
 #: never what the steps already taken computed (warm-up and annealing count from step 0).
 RESUMABLE_KEYS = frozenset(
     {
+        "run.output_dir",
         "train.steps",
         "train.checkpoint_every",
         "train.keep_checkpoints",
