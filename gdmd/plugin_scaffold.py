@@ -399,8 +399,8 @@ class $cls:
 
 Replace it with your own. The contract (``gdmd.interfaces.TargetStrategy``): from a
 ``TargetContext`` return detached targets ``[B, K, ...]`` and weights ``[B, K]``, draw random
-numbers only through ``ctx.sample_t`` and ``ctx.generator``, and never call ``backward`` (the
-training loop does).
+numbers only through ``ctx.sample_t``, ``ctx.sample_noise`` and ``ctx.generator``, and never
+call ``backward`` (the training loop does).
 """
 
 from __future__ import annotations
@@ -422,7 +422,10 @@ class $cls:
     def __call__(self, ctx: TargetContext) -> TargetOutput:
         x = ctx.x.detach()
         t = ctx.sample_t(x.shape[0]).to(x.device)
-        noise = torch.randn(x.shape, generator=ctx.generator, device=ctx.generator.device)
+        if ctx.sample_noise is not None:  # per-sample draws: the same on any number of processes
+            noise = ctx.sample_noise(x.shape[0])
+        else:
+            noise = torch.randn(x.shape, generator=ctx.generator, device=ctx.generator.device)
         x_t = ctx.schedule.add_noise(x, noise.to(x), t)
         with torch.no_grad():
             real = ctx.real_x0(x_t, t, ctx.cond_real)

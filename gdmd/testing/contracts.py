@@ -346,9 +346,12 @@ def _target_context(
     rewards: list[WeightedReward],
     snapshots: int,
     seed: int,
+    with_sample_noise: bool,
 ) -> TargetContext:
     """A step context whose teacher and critic are fixed linear maps of ``x_t`` (different
-    for every critic snapshot), checking how the strategy calls them."""
+    for every critic snapshot), checking how the strategy calls them. With
+    ``with_sample_noise``, ``sample_noise`` is set as in the training loop; without, it is
+    ``None`` as outside it."""
     from gdmd.schedules import FlowMatchingSchedule
 
     batch = x.shape[0]
@@ -372,6 +375,11 @@ def _target_context(
             f"{who} called the {model} with {x_t.shape[0]} samples but a conditioning of "
             f"batch {sizes}",
         )
+
+    noise_generator = torch.Generator().manual_seed(seed + 1)
+
+    def sample_noise(n: int) -> torch.Tensor:
+        return torch.randn((n, *x.shape[1:]), generator=noise_generator).to(x)
 
     def real_x0(x_t: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         check_call("teacher", x_t, t, cond)
@@ -403,6 +411,7 @@ def _target_context(
         rewards=rewards,
         generator=generator,
         step=0,
+        sample_noise=sample_noise if with_sample_noise else None,
     )
 
 
@@ -532,14 +541,17 @@ def assert_target_contract(
       ``[B, K, ...]`` of the sample's dtype and device; detached, finite weights ``[B, K]``;
       ``extra_loss`` ``None`` or a finite scalar; metrics of finite Python numbers;
     * never call ``backward`` (the loop does), and leave the student sample unchanged;
-    * draw randomness only from ``ctx.generator`` / ``ctx.sample_t``: the same seed gives the
-      same targets and weights whatever the global RNG state.
+    * draw randomness only through ``ctx.sample_t``, ``ctx.sample_noise`` and
+      ``ctx.generator``: the same seed gives the same targets and weights whatever the
+      global RNG state;
+    * work with ``ctx.sample_noise`` set (as in the training loop) and ``None`` (outside it).
 
     Raises :class:`AssertionError` naming the strategy and the broken rule.
     """
     who = _describe(target, "target")
     height, width = _image_size(image_size)
-    _prompts(None, batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     for flag in ("needs_rewards", "needs_differentiable_reward"):
         value = getattr(target, flag, None)
         _check(
@@ -563,8 +575,9 @@ def assert_target_contract(
     original = x.detach().clone()
 
     outputs = []
-    for global_seed in (seed + 1, seed + 2):
-        ctx = _target_context(who, x, list(rewards), snapshots, seed)
+    # Twice as the loop calls it (to compare), once without ctx.sample_noise (as outside it).
+    for global_seed, with_sample_noise in ((seed + 1, True), (seed + 2, True), (seed, False)):
+        ctx = _target_context(who, x, list(rewards), snapshots, seed, with_sample_noise)
         output, backward_calls = _run_target(target, who, ctx, global_seed)
         _check(
             backward_calls == 0 and base.grad is None,
@@ -577,15 +590,15 @@ def assert_target_contract(
         )
         _check_target_output(who, output, x)
         outputs.append(output)
-    first, second = outputs
+    first, second, _ = outputs
     same = _close(first.targets, second.targets, atol) and _close(
         first.weights, second.weights, atol
     )
     _check(
         same,
         f"{who} is not deterministic under a seed: two calls with the same ctx.generator "
-        "gave different targets or weights; draw random numbers from ctx.generator or "
-        "ctx.sample_t, not the global RNG",
+        "gave different targets or weights; draw random numbers from ctx.sample_t, "
+        "ctx.sample_noise or ctx.generator, not the global RNG",
     )
 
 

@@ -127,6 +127,23 @@ class ShortConditioning(OneTarget):
         return super().__call__(ctx)
 
 
+class NeedsSampleNoise(OneTarget):
+    def __call__(self, ctx):  # type: ignore[no-untyped-def]
+        ctx.sample_noise(ctx.x.shape[0])
+        return super().__call__(ctx)
+
+
+class UsesSampleNoise(OneTarget):
+    """A correct strategy that takes the loop's per-sample noise when there is some."""
+
+    def __call__(self, ctx):  # type: ignore[no-untyped-def]
+        out = super().__call__(ctx)
+        if ctx.sample_noise is not None:
+            noise = ctx.sample_noise(ctx.x.shape[0]).unsqueeze(1)
+            out = TargetOutput(out.targets + 0.01 * noise, out.weights, metrics=out.metrics)
+        return out
+
+
 class Raises(OneTarget):
     def __call__(self, ctx):  # type: ignore[no-untyped-def]
         raise KeyError("reward")
@@ -151,6 +168,7 @@ class Raises(OneTarget):
         (GlobalNoise(), "is not deterministic under a seed"),
         (UnkeptSnapshot(), "asked for critic snapshot 2, but 0 were kept"),
         (ShortConditioning(), "called the teacher with 4 samples but a conditioning of batch"),
+        (NeedsSampleNoise(), "raised TypeError: 'NoneType' object is not callable"),
         (Raises(), "raised KeyError: 'reward'"),
     ],
     ids=lambda value: type(value).__name__ if not isinstance(value, str) else "",
@@ -165,6 +183,7 @@ def test_a_broken_target_fails_with_a_message_naming_it(target: object, message:
 
 def test_a_correct_target_passes() -> None:
     assert_target_contract(OneTarget(), image_size=(4, 6), batch_size=3, seed=7)
+    assert_target_contract(UsesSampleNoise())
 
 
 @pytest.mark.parametrize(
