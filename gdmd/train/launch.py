@@ -41,6 +41,9 @@ def launch_local(num_processes: int, gdmd_args: Sequence[str]) -> int:
         rdzv_endpoint="localhost:0",
         max_restarts=0,
         monitor_interval=0.1,
+        # After forwarding SIGTERM/SIGINT, time for every process to finish its step and
+        # write one checkpoint before the launcher kills it (torchrun's default is 30 s).
+        shutdown_timeout=300,
     )
     try:
         elastic_launch(config, sys.executable)("-m", "gdmd", *gdmd_args)

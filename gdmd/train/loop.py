@@ -229,6 +229,25 @@ def prepare_state(parts: Components, s: LoopSettings, accelerator: Accelerator) 
     )
 
 
+@contextlib.contextmanager
+def _gathered(model: torch.nn.Module, fsdp2: bool) -> Any:
+    """Whole parameters for a call that is not ``forward`` (``encode_prompts``): FSDP2 gathers
+    shards only around ``forward``. A collective under FSDP2; nothing otherwise."""
+    if not fsdp2:
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+
+
 def _full(t: torch.Tensor) -> torch.Tensor:
     """A whole tensor from a sharded one (FSDP2 DTensor); a collective for DTensors."""
     full_tensor = getattr(t, "full_tensor", None)
@@ -375,7 +394,7 @@ def train(
 
     def draw_prompts(draws: SiteDraws) -> tuple[list[str], Conditioning]:
         prompts = draws.prompts(parts.prompts)
-        with torch.no_grad():
+        with torch.no_grad(), _gathered(student, state.fsdp2):
             cond = parts.student.encode_prompts(prompts)
         return prompts, {k: v.to(device) for k, v in cond.items()}
 
@@ -514,6 +533,7 @@ def train(
                                 generator=draws.process,
                                 step=step,
                                 sample_noise=lambda n, d=draws: d.noise_for(n, sample_shape),
+                                renoise_range=(s.renoise.low, s.renoise.high),
                             )
                         )
                         _check_finite(out.targets, "DMD target", step)
