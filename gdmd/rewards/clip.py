@@ -136,8 +136,13 @@ def load_clip_model(
         )
     where = str(local.resolve()) if local.is_dir() else source
     try:
+        # Mis-shaped weights are collected and reported below, with the missing ones.
         model, info = CLIPModel.from_pretrained(
-            where, revision=revision, dtype=dtype, output_loading_info=True
+            where,
+            revision=revision,
+            dtype=dtype,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,
         )
     except (OSError, ValueError) as err:
         raise RewardLoadError(

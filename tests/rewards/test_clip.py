@@ -147,6 +147,16 @@ def test_missing_and_unexpected_keys_are_named(clip_dir, tmp_path, ctx):
     assert "unexpected key(s): text_model.extra.weight" in message
 
 
+def test_mis_shaped_weights_are_named(clip_dir, tmp_path, ctx):
+    broken = tmp_path / "broken"
+    save_tiny_clip(broken)
+    weights = load_file(str(clip_dir / "model.safetensors"))
+    weights["visual_projection.weight"] = torch.zeros(3, 5)
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(RewardLoadError, match="1 mis-shaped key.s.: visual_projection.weight"):
+        build_clip_score(CLIPScoreConfig(model=str(broken)), ctx)
+
+
 def test_a_hub_id_while_offline_says_how_to_use_a_local_copy(ctx, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RewardLoadError) as err:
