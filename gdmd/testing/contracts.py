@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from unittest import mock
 
 import torch
@@ -70,7 +70,7 @@ def _describe(component: object, kind: str) -> str:
     return f"{kind} {owner.__module__}.{owner.__qualname__}"
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     # Raised explicitly instead of with ``assert`` so the checks survive ``python -O``.
     raise AssertionError(message)
 
@@ -87,14 +87,19 @@ def _summary(value: object) -> str:
     return type(value).__name__
 
 
+def _exact(a: torch.Tensor) -> torch.Tensor:
+    # Compared in float64 on the CPU: some devices (MPS) have no float64.
+    return a.detach().cpu().double()
+
+
 def _max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.detach().double() - b.detach().double()).abs().max())
+    if a.shape != b.shape:
+        return float("inf")
+    return float((_exact(a) - _exact(b)).abs().max())
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float) -> bool:
-    return a.shape == b.shape and bool(
-        torch.allclose(a.detach().double(), b.detach().double(), rtol=0.0, atol=atol)
-    )
+    return a.shape == b.shape and bool(torch.allclose(_exact(a), _exact(b), rtol=0.0, atol=atol))
 
 
 def _image_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
