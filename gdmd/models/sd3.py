@@ -25,19 +25,23 @@ Conventions, checked against diffusers 0.42 (``StableDiffusion3Pipeline`` and
 * **Latents.** ``decode`` undoes the pipeline's latent normalisation
   ``z = latents / scaling_factor + shift_factor`` before ``vae.decode``.
 
-Memory: the transformer copies are the only per-role cost. With LoRA (``lora_rank``) the copy's
-base weights are frozen and only the LoRA matrices train; checkpoints (``state_dict``) then hold
-only the LoRA matrices, since the frozen base can be reloaded from the model it came from.
+Memory: the transformer is the only per-role cost. With LoRA (``lora_rank``) a role trains a
+peft adapter (diffusers' own SD3 LoRA recipe) over frozen base weights, and checkpoints
+(``state_dict``) hold only the adapter, since the frozen base can be reloaded from the model it
+came from. With ``share_base`` (the default where possible) the student's and critic's adapters
+sit on the teacher's own transformer (:class:`AdapterHost`) instead of on copies of it: one
+base in memory, the teacher being that base with adapters disabled.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 import re
+import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +60,7 @@ StableDiffusion3Pipeline = Any
 
 __all__ = [
     "DEFAULT_LORA_TARGETS",
-    "LoRALinear",
+    "AdapterHost",
     "LoRASpec",
     "ModelRef",
     "SD3Config",
@@ -75,8 +79,6 @@ __all__ = [
 
 #: Marker file of a directory written by :meth:`SD3Model.save_pretrained`.
 SAVE_METADATA = "gdmd_sd3.json"
-LORA_WEIGHTS = "lora.safetensors"
-LORA_METADATA = "lora.json"
 EXPORT_METADATA = "gdmd_export.json"
 
 ROLES = ("teacher", "student", "critic")
@@ -103,13 +105,29 @@ class SD3ConfigError(GdmdError):
 
 
 # --------------------------------------------------------------------------------------------
-# LoRA
+# LoRA: peft adapters on the diffusers transformer, one per role
 # --------------------------------------------------------------------------------------------
+
+#: The file of a LoRA in diffusers' format (what ``StableDiffusion3Pipeline.load_lora_weights``
+#: reads): keys ``transformer.<peft key>``, the LoRA config in the safetensors metadata.
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+#: Names of the per-adapter containers peft puts in each LoRA layer (``lora_A[name]``, ...).
+_ADAPTER_DICTS = frozenset(
+    {
+        "lora_A",
+        "lora_B",
+        "lora_dropout",
+        "lora_embedding_A",
+        "lora_embedding_B",
+        "lora_magnitude_vector",
+    }
+)
 
 
 @dataclass(frozen=True)
 class LoRASpec:
-    """Rank, alpha and target suffixes of the LoRA adapters on one transformer."""
+    """Rank, alpha and target suffixes of the LoRA adapter of one role."""
 
     rank: int
     alpha: float
@@ -119,105 +137,246 @@ class LoRASpec:
     def scale(self) -> float:
         return self.alpha / self.rank
 
+    def peft_config(self) -> Any:
+        """The ``peft.LoraConfig`` of diffusers' own SD3 LoRA training recipe
+        (``examples/dreambooth/train_dreambooth_lora_sd3.py``): gaussian ``A``, zero ``B``."""
+        from peft import LoraConfig
 
-class LoRALinear(torch.nn.Module):
-    """``base(x) + (alpha / rank) * up(down(x))`` around a frozen ``nn.Linear`` (Hu et al., 2021).
-
-    ``up`` starts at zero, so a freshly wrapped layer computes exactly what ``base`` does.
-    ``down`` and ``up`` are float32 whatever the base dtype: they are the trained (master)
-    weights, and at a learning rate of 1e-6 bfloat16 weights would not move at all.
-    """
-
-    def __init__(
-        self, base: torch.nn.Linear, rank: int, alpha: float, generator: torch.Generator
-    ) -> None:
-        super().__init__()
-        self.base = base.requires_grad_(False)
-        self.rank = rank
-        self.alpha = alpha
-        self.scale = alpha / rank
-        self.lora_down = torch.nn.Linear(base.in_features, rank, bias=False, dtype=torch.float32)
-        self.lora_up = torch.nn.Linear(rank, base.out_features, bias=False, dtype=torch.float32)
-        # nn.Linear's own initialisation, drawn from the run's generator so builds are seeded.
-        torch.nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5), generator=generator)
-        torch.nn.init.zeros_(self.lora_up.weight)
-        self.lora_down.to(base.weight.device)
-        self.lora_up.to(base.weight.device)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
-        delta = self.lora_up(self.lora_down(x.to(self.lora_down.weight.dtype)))
-        return out + (self.scale * delta).to(out.dtype)
-
-    def merged(self) -> torch.nn.Linear:
-        """A plain ``nn.Linear`` with ``W + scale * up @ down`` (computed in float32)."""
-        base = self.base
-        merged = torch.nn.Linear(
-            base.in_features,
-            base.out_features,
-            bias=base.bias is not None,
-            device=base.weight.device,
-            dtype=base.weight.dtype,
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            init_lora_weights="gaussian",
+            target_modules=list(self.targets),
         )
-        with torch.no_grad():
-            delta = self.scale * (self.lora_up.weight.float() @ self.lora_down.weight.float())
-            merged.weight.copy_((base.weight.float() + delta).to(base.weight.dtype))
-            if base.bias is not None:
-                merged.bias.copy_(base.bias)
-        return merged.requires_grad_(False)
 
 
 def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
-def _replace_module(root: torch.nn.Module, name: str, new: torch.nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
-
-
-def _add_lora(transformer: torch.nn.Module, spec: LoRASpec, generator: torch.Generator) -> int:
-    """Wrap every ``nn.Linear`` whose name ends with a target; returns how many were wrapped."""
-    chosen: list[str] = []
-    for target in spec.targets:
-        hits = [n for n, m in transformer.named_modules() if _matches(n, target)]
-        linear_hits = [n for n in hits if type(transformer.get_submodule(n)) is torch.nn.Linear]
+def _check_targets(transformer: torch.nn.Module, targets: Sequence[str]) -> tuple[str, ...]:
+    """The targets that name at least one ``nn.Linear``; a user's target that names none is an
+    error (peft would silently skip it)."""
+    # A projection that already carries another role's adapter is peft's wrapper around it.
+    linear = [
+        n.removesuffix(".base_layer")
+        for n, m in transformer.named_modules()
+        if type(m) is torch.nn.Linear and not _is_lora_key(n + ".weight")
+    ]
+    found = []
+    for target in targets:
+        if any(_matches(n, target) for n in linear):
+            found.append(target)
         # A default target may be absent from a given transformer (the last joint block has
         # no text output projection, so a 1-block model has no ``to_add_out`` at all).
-        if not linear_hits and target not in DEFAULT_LORA_TARGETS:
-            what = "matches no module" if not hits else "matches no nn.Linear module"
+        elif target not in DEFAULT_LORA_TARGETS:
+            hits = any(_matches(n, target) for n, _ in transformer.named_modules())
+            what = "matches no nn.Linear module" if hits else "matches no module"
             raise SD3ConfigError(
                 f"lora_targets entry {target!r} {what} of the SD3 transformer; use suffixes such "
                 f"as {', '.join(repr(t) for t in DEFAULT_LORA_TARGETS)}"
             )
-        chosen.extend(n for n in linear_hits if n not in chosen)
-    for name in chosen:
-        base = transformer.get_submodule(name)
-        assert isinstance(base, torch.nn.Linear)
-        _replace_module(transformer, name, LoRALinear(base, spec.rank, spec.alpha, generator))
-    return len(chosen)
+    if not found:
+        raise SD3ConfigError(f"lora_targets {list(targets)} match no module of the transformer")
+    return tuple(found)
 
 
-def _plain_copy(transformer: SD3Transformer2DModel, merge: bool) -> SD3Transformer2DModel:
-    """A deep copy without LoRA wrappers: merged into the weights, or dropped (``merge=False``)."""
-    plain = copy.deepcopy(transformer)
-    for name, module in list(plain.named_modules()):
-        if isinstance(module, LoRALinear):
-            _replace_module(plain, name, module.merged() if merge else module.base)
-    return plain
-
-
-def _lora_weights(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {
-        name: param
-        for name, param in transformer.named_parameters()
-        if ".lora_down." in name or ".lora_up." in name
-    }
+def _adapter_key(parts: Sequence[str]) -> tuple[int, str] | None:
+    """Where an adapter name sits in a dotted name: ``(index, adapter)`` or ``None``."""
+    for i, part in enumerate(parts[:-1]):
+        if part in _ADAPTER_DICTS:
+            return i + 1, parts[i + 1]
+    return None
 
 
 def _is_lora_key(key: str) -> bool:
-    return ".lora_down." in key or ".lora_up." in key
+    return _adapter_key(key.split(".")) is not None
+
+
+class AdapterHost:
+    """One diffusers transformer and the peft LoRA adapters on it, one adapter per role.
+
+    With ``share_base`` the teacher, the critic and the student are all views of one host:
+    the teacher is the base with adapters disabled, the critic and the student are the base
+    with their own adapter. :meth:`activate` switches what the next forward computes.
+
+    peft's ``set_adapter`` marks the active adapter trainable and every other one frozen, and
+    ``disable_adapters`` freezes them all; an optimiser built on those weights would then
+    silently stop training them. So after every switch the host re-asserts
+    ``requires_grad=True`` on every adapter it was told is trained (:attr:`trainable`).
+    """
+
+    def __init__(self, transformer: SD3Transformer2DModel) -> None:
+        self.transformer = transformer
+        #: Adapter name -> its LoRA spec, and -> its trained (float32) weights.
+        self.specs: dict[str, LoRASpec] = {}
+        self.trainable: dict[str, list[torch.nn.Parameter]] = {}
+        self._selected: str | None = None
+        self._disabled = False
+        self._layers: list[Any] = []  # peft's LoRA layers
+        #: The models viewing this transformer (weak: a host does not keep a model alive).
+        self._members: list[weakref.ref[SD3Model]] = []
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> AdapterHost:
+        new = AdapterHost.__new__(AdapterHost)
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = [] if key == "_members" else copy.deepcopy(value, memo)
+        return new
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.specs)
+
+    def members(self) -> list[SD3Model]:
+        alive = [m for m in (ref() for ref in self._members) if m is not None]
+        self._members = [weakref.ref(m) for m in alive]
+        return alive
+
+    def join(self, model: SD3Model) -> None:
+        self._members.append(weakref.ref(model))
+
+    def free_name(self, role: str) -> str:
+        name, i = role, 2
+        while name in self.specs:
+            name, i = f"{role}_{i}", i + 1
+        return name
+
+    def add(self, name: str, spec: LoRASpec, generator: torch.Generator, trained: bool) -> None:
+        """Add adapter ``name``: float32 weights, ``A`` drawn from ``generator``, ``B`` zero."""
+        targets = _check_targets(self.transformer, spec.targets)
+        # peft's gaussian init draws A from the global RNG; draw nothing from it, and redraw
+        # A below from the run's generator so that builds are seeded.
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+            self.transformer.add_adapter(
+                replace(spec, targets=targets).peft_config(), adapter_name=name
+            )
+        weights = []
+        for layer_name, param in self.transformer.named_parameters():
+            found = _adapter_key(layer_name.split("."))
+            if found is None or found[1] != name:
+                continue
+            # Float32 whatever the base dtype: these are the trained (master) weights, and
+            # at a learning rate of 1e-6 bfloat16 weights would not move at all.
+            param.data = param.data.float()
+            if ".lora_A." in layer_name:
+                # peft's gaussian init: N(0, 1/r^2), here from the run's generator.
+                drawn = torch.randn(param.shape, generator=generator, device=generator.device)
+                param.data.copy_(drawn / spec.rank)
+            else:
+                param.data.zero_()
+            weights.append(param)
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self._layers = [m for m in self.transformer.modules() if isinstance(m, BaseTunerLayer)]
+        self.specs[name] = spec
+        if trained:
+            self.trainable[name] = weights
+        self._selected, self._disabled = name, False  # add_adapter activates the new adapter
+        self._reassert()
+        for member in self.members():
+            member._register_view()
+
+    def activate(self, name: str | None) -> None:
+        """Make the next forward use adapter ``name``, or the bare base (``None``)."""
+        if not self.specs:
+            return
+        # The layers' own switches, as the transformer's set_adapter / disable_adapters /
+        # enable_adapters call them, without their per-call peft version check.
+        if name is None:
+            if not self._disabled:
+                for layer in self._layers:
+                    layer.enable_adapters(False)
+                self._disabled = True
+        else:
+            if self._disabled:
+                for layer in self._layers:
+                    layer.enable_adapters(True)
+                self._disabled = False
+            if self._selected != name:
+                for layer in self._layers:
+                    layer.set_adapter(name)
+                self._selected = name
+        self._reassert()
+
+    def _reassert(self) -> None:
+        for weights in self.trainable.values():
+            for param in weights:
+                param.requires_grad_(True)
+
+    def adapter_weights(self, name: str) -> dict[str, torch.nn.Parameter]:
+        """``{peft key without the adapter name: weight}``: the keys of diffusers' LoRA files."""
+        out = {}
+        for layer_name, param in self.transformer.named_parameters():
+            parts = layer_name.split(".")
+            found = _adapter_key(parts)
+            if found is not None and found[1] == name:
+                out[".".join(parts[: found[0]] + parts[found[0] + 1 :])] = param
+        return out
+
+    def frozen_base(self) -> Iterator[torch.nn.Parameter]:
+        return (p for n, p in self.transformer.named_parameters() if not _is_lora_key(n))
+
+
+def _view(module: torch.nn.Module, own: str | None) -> torch.nn.Module:
+    """``module`` without the LoRA adapters of other roles, sharing every weight with it.
+
+    Returns ``module`` itself when it holds no other role's adapter; otherwise a plain
+    container with the same child names, whose leaves are ``module``'s own submodules, so
+    that a view's ``named_parameters`` (and ``state_dict``, ``torch.func.functional_call``,
+    ``requires_grad_``) reach exactly the weights this role computes with.
+    """
+
+    def foreign(name: str) -> bool:
+        found = _adapter_key(name.split("."))
+        return found is not None and found[1] != own
+
+    if not any(foreign(n) for n, _ in module.named_parameters()):
+        return module
+    view = torch.nn.Module()
+    for name, child in module.named_children():
+        if name in _ADAPTER_DICTS:
+            kept = torch.nn.Module()
+            if own is not None and own in child:  # type: ignore[operator]
+                entry = child[own]  # type: ignore[index]
+                if isinstance(entry, torch.nn.Parameter):
+                    kept.register_parameter(own, entry)
+                else:
+                    kept.add_module(own, entry)
+            view.add_module(name, kept)
+        else:
+            view.add_module(name, _view(child, own))
+    for name, param in module.named_parameters(recurse=False):
+        view.register_parameter(name, param)
+    for name, buffer in module.named_buffers(recurse=False):
+        view.register_buffer(name, buffer)
+    return view
+
+
+def _plain_copy(model: SD3Model, merge: bool = True) -> SD3Transformer2DModel:
+    """A copy of ``model``'s transformer without peft layers: the model's own LoRA merged into
+    the weights (``merge=True``) or dropped, every other role's adapter dropped.
+
+    The merge is ``W + (alpha / r) B A`` in float32, rounded once to ``W``'s dtype.
+    """
+    plain = copy.deepcopy(model.host.transformer)
+    if not getattr(plain, "_hf_peft_config_loaded", False):
+        return plain
+    own = model.adapter
+    if merge and own is not None:
+        from peft.tuners.lora import LoraLayer
+
+        scale = model.host.specs[own].scale
+        with torch.no_grad():
+            for layer in plain.modules():
+                if isinstance(layer, LoraLayer) and own in layer.lora_A:
+                    base = layer.get_base_layer()
+                    delta = layer.lora_B[own].weight.float() @ layer.lora_A[own].weight.float()
+                    merged = base.weight.float() + scale * delta
+                    base.weight.copy_(merged.to(base.weight.dtype))
+    plain.unload_lora()
+    return plain
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,21 +538,27 @@ class SD3Decoder:
 class SD3Model(torch.nn.Module):
     """An SD3 transformer as a gdmd :class:`~gdmd.interfaces.DiffusionModel`.
 
-    The only registered submodule is ``transformer``; the text encoders and the VAE live in
-    ``shared`` (:class:`SD3SharedComponents`) and are never copied, saved in ``state_dict`` or
-    trained. ``forward`` is :meth:`predict_x0`.
+    The transformer lives in an :class:`AdapterHost`, possibly shared with other roles
+    (``share_base``); the model computes with the host's base plus its own adapter
+    (``adapter``), or the bare base (``adapter = None``: a teacher, or a fully fine-tuned
+    model). The only registered submodule is ``transformer``: the host's transformer, or a
+    view of it without other roles' adapters, so ``parameters()`` and ``state_dict()`` never
+    reach another role's weights. The text encoders and the VAE live in ``shared``
+    (:class:`SD3SharedComponents`) and are never copied, saved in ``state_dict`` or trained.
+    ``forward`` is :meth:`predict_x0`.
 
-    With LoRA (``lora`` not ``None``), ``state_dict`` holds only the LoRA matrices and
-    ``load_state_dict`` expects only those, so checkpoints stay small and frozen base weights
-    never enter them.
+    With LoRA, ``state_dict`` holds only this model's LoRA matrices and ``load_state_dict``
+    expects only those, so checkpoints stay small and frozen base weights never enter them.
+    Their keys are peft's (``...to_q.lora_A.<adapter>.weight``), the same in either layout.
     """
 
     def __init__(
         self,
-        transformer: SD3Transformer2DModel,
+        host: AdapterHost | SD3Transformer2DModel,
         shared: SD3SharedComponents,
         *,
         role: str,
+        adapter: str | None = None,
         resolution: int | None = None,
         shift: float | None = None,
         max_sequence_length: int = 256,
@@ -403,7 +568,13 @@ class SD3Model(torch.nn.Module):
         super().__init__()
         if role not in ROLES:
             raise SD3ConfigError(f"unknown role {role!r} for an sd3 model; use one of {ROLES}")
-        self.transformer = transformer
+        if not isinstance(host, AdapterHost):
+            host = AdapterHost(host)
+        self.host = host
+        self.adapter = adapter
+        host.join(self)
+        self._register_view()
+        transformer = host.transformer
         self.shared = shared
         self.decoder = SD3Decoder(shared.vae)
         self.role = role
@@ -413,8 +584,6 @@ class SD3Model(torch.nn.Module):
         #: they may differ from any saved copy (a fully trainable model, or a copy of one, or
         #: a copy with LoRA merged in).
         self.base = base
-        #: The LoRA adapters on the transformer, if any (see :meth:`add_lora`).
-        self.lora: LoRASpec | None = None
         self.num_train_timesteps = int(shared.scheduler_config.get("num_train_timesteps", 1000))
         self.schedule = FlowMatchingSchedule(
             shift if shift is not None else float(shared.scheduler_config.get("shift", 1.0))
@@ -442,6 +611,33 @@ class SD3Model(torch.nn.Module):
 
         self.register_state_dict_post_hook(_keep_only_lora_weights)
         self.register_load_state_dict_post_hook(_allow_missing_frozen_weights)
+
+    @property
+    def transformer(self) -> SD3Transformer2DModel:
+        """The diffusers transformer this model computes with (possibly shared, see ``host``)."""
+        return self.host.transformer
+
+    @property
+    def lora(self) -> LoRASpec | None:
+        """This model's LoRA adapter, if any (see :meth:`add_lora`)."""
+        return self.host.specs.get(self.adapter) if self.adapter is not None else None
+
+    @property
+    def shares_base(self) -> bool:
+        """Whether another model computes with the same transformer."""
+        return any(m is not self for m in self.host.members())
+
+    def _register_view(self) -> None:
+        self._modules["transformer"] = _view(self.host.transformer, self.adapter)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SD3Model:
+        # The default deep copy, plus joining the copied host (hosts do not copy members).
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.__dict__.items():
+            new.__dict__[key] = copy.deepcopy(value, memo)
+        new.host.join(new)
+        return new
 
     # ---------------------------------------------------------------- DiffusionModel protocol
 
@@ -488,18 +684,28 @@ class SD3Model(torch.nn.Module):
                 [uncond["pooled_prompt_embeds"].to(pooled).expand(batch, -1), pooled]
             )
             x_in, t_in = torch.cat([x_t, x_t]), torch.cat([t, t])
+        self.host.activate(self.adapter)
         velocity = self.transformer(
             hidden_states=x_in.to(self.compute_dtype),
             timestep=t_in.float() * self.num_train_timesteps,
             encoder_hidden_states=embeds.to(self.compute_dtype),
             pooled_projections=pooled.to(self.compute_dtype),
             return_dict=False,
-        )[0].float()
+        )[0]
+        if velocity.requires_grad and self.transformer.gradient_checkpointing:
+            # Backward recomputes the checkpointed blocks with whatever adapter is active by
+            # then (on a shared base, maybe another role's): switch back to ours first. The
+            # hook runs when the gradient reaches this output, before any block recomputes.
+            velocity.register_hook(self._activate_for_backward)
+        velocity = velocity.float()
         if guided:
             assert guidance_scale is not None
             v_uncond, v_cond = velocity.chunk(2)
             velocity = v_uncond + guidance_scale * (v_cond - v_uncond)
         return self.schedule.to_x0(x_t.float(), t.float(), velocity).to(x_t.dtype)
+
+    def _activate_for_backward(self, grad: torch.Tensor) -> None:
+        self.host.activate(self.adapter)
 
     def forward(
         self,
@@ -518,9 +724,10 @@ class SD3Model(torch.nn.Module):
         """Write the model so :func:`build_sd3` (``model = directory``) loads it again.
 
         Layout: ``gdmd_sd3.json`` (a reference to the pipeline the text encoders and VAE come
-        from, plus resolution and shift), then either ``transformer/`` (diffusers
-        ``save_pretrained``, safetensors) for a fully fine-tuned model, or ``lora.safetensors``
-        + ``lora.json`` (rank, alpha, targets) and a reference to the base transformer
+        from, plus resolution, shift and the LoRA spec), then either ``transformer/``
+        (diffusers ``save_pretrained``, safetensors) for a fully fine-tuned model, or the
+        LoRA in diffusers' own file format (``pytorch_lora_weights.safetensors``, see
+        :func:`save_lora_file`) and a reference to the base transformer
         (``base_transformer/`` is written when the base is not a loadable reference).
         Use :func:`export_pipeline` for a standalone diffusers pipeline.
         """
@@ -528,53 +735,46 @@ class SD3Model(torch.nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         metadata: dict[str, Any] = {
             "format": "gdmd-sd3",
-            "version": 1,
+            "version": 2,
             "pipeline": asdict(self.shared.pipeline),
             "resolution": self.resolution,
             "shift": self.schedule.shift,
         }
-        if self.lora is None:
-            self.transformer.save_pretrained(directory / "transformer", safe_serialization=True)
+        lora = self.lora
+        if lora is None:
+            plain = _plain_copy(self, merge=False) if self.host.specs else self.transformer
+            plain.save_pretrained(directory / "transformer", safe_serialization=True)
             metadata["transformer"] = {"kind": "full", "path": "transformer"}
         else:
-            from safetensors.torch import save_file
-
-            tensors = {
-                name: w.detach().cpu().contiguous()
-                for name, w in _lora_weights(self.transformer).items()
-            }
-            save_file(tensors, str(directory / LORA_WEIGHTS))
-            (directory / LORA_METADATA).write_text(
-                json.dumps(
-                    {
-                        "rank": self.lora.rank,
-                        "alpha": self.lora.alpha,
-                        "targets": list(self.lora.targets),
-                    },
-                    indent=2,
-                )
-                + "\n"
-            )
+            save_lora_file(self, directory)
             if self.base is not None:
                 base = asdict(self.base)
             else:
-                _plain_copy(self.transformer, merge=False).save_pretrained(
+                _plain_copy(self, merge=False).save_pretrained(
                     directory / "base_transformer", safe_serialization=True
                 )
                 base = {"model": "base_transformer", "relative": True}
-            metadata["transformer"] = {"kind": "lora", "base": base}
+            metadata["transformer"] = {
+                "kind": "lora",
+                "base": base,
+                "lora": {"rank": lora.rank, "alpha": lora.alpha, "targets": list(lora.targets)},
+            }
         (directory / SAVE_METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
 
     # ----------------------------------------------------------------------- LoRA and roles
 
     def add_lora(self, spec: LoRASpec, generator: torch.Generator) -> None:
-        """Wrap the target projections in :class:`LoRALinear` (zero-initialised ``up``)."""
-        if self.lora is not None:
+        """Give the model its own peft LoRA adapter (gaussian ``A`` from ``generator``, zero
+        ``B``, float32), named after its role."""
+        if self.adapter is not None:
             raise SD3ConfigError("this sd3 model already has LoRA adapters")
+        name = self.host.free_name(self.role)
         # LoRA init draws on the CPU, from a seed taken from the run's (possibly CUDA) generator.
         seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
-        _add_lora(self.transformer, spec, torch.Generator().manual_seed(seed))
-        self.lora = spec
+        self.adapter = name
+        self.host.add(
+            name, spec, torch.Generator().manual_seed(seed), trained=self.role != "teacher"
+        )
 
     def apply_role(self) -> None:
         """Freeze a teacher (and set eval mode); make a student/critic trainable."""
@@ -582,9 +782,12 @@ class SD3Model(torch.nn.Module):
             self.requires_grad_(False)
             self.eval()
             return
-        self.transformer.requires_grad_(self.lora is None)
-        for weight in _lora_weights(self.transformer).values():
-            weight.requires_grad_(True)
+        if self.lora is None:
+            self.transformer.requires_grad_(True)
+        else:
+            for param in self.host.frozen_base():
+                param.requires_grad_(False)
+            self.host.activate(self.adapter)
         self.train()
 
     # ----------------------------------------------------------------------------- helpers
@@ -652,8 +855,9 @@ def build_sd3(config: SD3Config, ctx: BuildContext) -> SD3Model:
 
     The role is ``ctx.components["role"]`` (``"teacher"`` when absent). With
     ``ctx.components["init_from"]`` an :class:`SD3Model`, the new model shares its text
-    encoders, tokenizers and VAE by reference and gets a deep copy of its transformer (any
-    LoRA merged in); otherwise the pipeline is loaded from ``config.model``. Then this
+    encoders, tokenizers and VAE by reference, and either its transformer (``share_base``,
+    see :func:`_shares_base`) or a deep copy of it (any LoRA merged in); otherwise the
+    pipeline is loaded from ``config.model``. Then this
     config's LoRA is added if ``lora_rank`` is set, and the role decides what trains: nothing
     for the teacher, the LoRA matrices or the whole transformer otherwise.
     """
@@ -670,6 +874,7 @@ def build_sd3(config: SD3Config, ctx: BuildContext) -> SD3Model:
     saved_lora: tuple[LoRASpec, dict[str, torch.Tensor]] | None = None
     shift: float | None
 
+    host: AdapterHost | SD3Transformer2DModel
     if source is not None:
         if not isinstance(source, SD3Model):
             raise SD3ConfigError(
@@ -677,11 +882,15 @@ def build_sd3(config: SD3Config, ctx: BuildContext) -> SD3Model:
             )
         _check_same_pipeline(config, source)
         shared = source.shared
-        transformer = _plain_copy(source.transformer, merge=True).to(ctx.device)
-        if transformer.dtype != dtype:
-            transformer.to(dtype)
-        # With LoRA merged in, the copy matches no saved weights.
-        base = source.base if source.lora is None else None
+        if _shares_base(config, role, source, dtype, ctx):
+            host = source.host
+            base = source.base
+        else:
+            host = _plain_copy(source, merge=True).to(ctx.device)
+            if host.dtype != dtype:
+                host.to(dtype)
+            # With LoRA merged in, the copy matches no saved weights.
+            base = source.base if source.lora is None else None
         resolution = config.resolution or source.resolution
         shift = config.shift if config.shift is not None else source.schedule.shift
     else:
@@ -690,8 +899,13 @@ def build_sd3(config: SD3Config, ctx: BuildContext) -> SD3Model:
                 f"the sd3 {role} needs `model` (a hub id or local pipeline directory) "
                 "unless it has init_from"
             )
+        if config.share_base:
+            raise SD3ConfigError(
+                f"share_base = true needs init_from: the sd3 {role} shares the base of the "
+                "model it is initialised from"
+            )
         loaded = _load(config, dtype, ctx.device)
-        shared, transformer, base, saved_lora = (
+        shared, host, base, saved_lora = (
             loaded.shared,
             loaded.transformer,
             loaded.base,
@@ -701,7 +915,7 @@ def build_sd3(config: SD3Config, ctx: BuildContext) -> SD3Model:
         shift = config.shift if config.shift is not None else loaded.shift
 
     model = SD3Model(
-        transformer,
+        host,
         shared,
         role=role,
         resolution=resolution,
@@ -728,6 +942,41 @@ def build_sd3(config: SD3Config, ctx: BuildContext) -> SD3Model:
     if model.role != "teacher" and model.lora is None:
         model.base = None  # fully trainable: its weights will leave any saved copy behind
     return model
+
+
+def _shares_base(
+    config: SD3Config, role: str, source: SD3Model, dtype: torch.dtype, ctx: BuildContext
+) -> bool:
+    """Whether a model built from ``source`` puts its adapter on ``source``'s transformer.
+
+    Only a LoRA model can, on a frozen base (a teacher without adapter of its own) of the
+    same dtype, and not under FSDP (which would shard the base that the teacher also uses).
+    ``share_base`` unset: share whenever it can; true: share or say why not; false: copy.
+    """
+    if config.share_base is False:
+        return False
+    distributed = str(getattr(getattr(ctx, "accelerator", None), "distributed_type", ""))
+    reasons = []
+    if config.lora_rank is None:
+        reasons.append("it has no lora_rank (a fully fine-tuned model needs its own copy)")
+    if source.role != "teacher" or source.adapter is not None:
+        reasons.append(f"its init_from model is a {source.role}, not a frozen teacher")
+    if source.transformer.dtype != dtype:
+        reasons.append(
+            f"its dtype {str(dtype).removeprefix('torch.')} differs from the teacher's "
+            f"{str(source.transformer.dtype).removeprefix('torch.')}"
+        )
+    if "FSDP" in distributed.upper():
+        reasons.append("FSDP shards each prepared model, so the teacher's base cannot be shared")
+    if not reasons:
+        return True
+    if config.share_base:
+        raise SD3ConfigError(
+            f"share_base = true, but the sd3 {role} cannot share its teacher's transformer: "
+            + "; ".join(reasons)
+            + ". Set share_base = false (or leave it unset) for a copy of the transformer"
+        )
+    return False
 
 
 def _check_same_pipeline(config: SD3Config, source: SD3Model) -> None:
@@ -806,7 +1055,7 @@ def _load(config: SD3Config, dtype: torch.dtype, device: torch.device) -> _Loade
         if base_fields.pop("relative", False):
             base_fields["model"] = str(root / base_fields["model"])
         weights = ModelRef(**base_fields)
-        lora = _read_saved_lora(root)
+        lora = _read_saved_lora(root, saved)
     if weights == pipeline_transformer:
         transformer = None  # the pipeline loads its own
     else:
@@ -838,20 +1087,33 @@ def _read_saved_metadata(directory: Path) -> dict[str, Any] | None:
         raise SD3LoadError(f"cannot read {path}: {err}") from err
 
 
-def _read_saved_lora(root: Path) -> tuple[LoRASpec, dict[str, torch.Tensor]]:
+def _read_saved_lora(
+    root: Path, saved: Mapping[str, Any]
+) -> tuple[LoRASpec, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
+    if saved.get("version", 1) < 2:
+        raise SD3LoadError(
+            f"{root} holds LoRA weights in the format of gdmd's earlier hand-written LoRA "
+            "layers, which this version no longer reads; retrain, or load it with the gdmd "
+            "version that wrote it and export a merged pipeline"
+        )
     try:
-        spec = json.loads((root / LORA_METADATA).read_text())
+        spec = saved["transformer"]["lora"]
         weights = load_file(str(root / LORA_WEIGHTS))
+        prefix = "transformer."
+        weights = {k.removeprefix(prefix): v for k, v in weights.items() if k.startswith(prefix)}
         return LoRASpec(int(spec["rank"]), float(spec["alpha"]), tuple(spec["targets"])), weights
     except (OSError, ValueError, KeyError) as err:
         raise SD3LoadError(f"cannot read the LoRA weights saved in {root}: {err}") from err
 
 
 def _load_lora_weights(model: SD3Model, weights: Mapping[str, torch.Tensor], where: str) -> None:
-    expected = _lora_weights(model.transformer)
-    if set(weights) != set(expected):
+    assert model.adapter is not None
+    expected = model.host.adapter_weights(model.adapter)
+    if set(weights) != set(expected) or any(
+        weights[k].shape != p.shape for k, p in expected.items()
+    ):
         missing = sorted(set(expected) - set(weights))[:3]
         extra = sorted(set(weights) - set(expected))[:3]
         raise SD3LoadError(
@@ -861,6 +1123,34 @@ def _load_lora_weights(model: SD3Model, weights: Mapping[str, torch.Tensor], whe
     with torch.no_grad():
         for name, param in expected.items():
             param.copy_(weights[name])
+
+
+def save_lora_file(model: SD3Model, directory: str | Path) -> Path:
+    """Write ``model``'s LoRA as diffusers' ``pytorch_lora_weights.safetensors`` in ``directory``.
+
+    The format ``StableDiffusion3Pipeline.load_lora_weights`` reads, written by the
+    pipeline's own ``save_lora_weights``: keys ``transformer.<peft key>`` (adapter name
+    stripped), float32, and the adapter's ``LoraConfig`` in the safetensors metadata. Without
+    that metadata diffusers would rebuild the config from the tensor shapes with
+    ``lora_alpha = r``, silently changing the scale of any LoRA whose alpha is not its rank.
+    """
+    from diffusers import StableDiffusion3Pipeline
+
+    if model.adapter is None or model.lora is None:
+        raise SD3ConfigError(f"this sd3 {model.role} has no LoRA adapter to save")
+    weights = {
+        key: w.detach().float().cpu().contiguous()
+        for key, w in model.host.adapter_weights(model.adapter).items()
+    }
+    metadata = model.transformer.peft_config[model.adapter].to_dict()
+    directory = Path(directory)
+    StableDiffusion3Pipeline.save_lora_weights(
+        directory,
+        transformer_lora_layers=weights,
+        transformer_lora_adapter_metadata=metadata,
+        weight_name=LORA_WEIGHTS,
+    )
+    return directory / LORA_WEIGHTS
 
 
 def _describe(ref: ModelRef) -> str:
@@ -1003,7 +1293,7 @@ def export_pipeline(
             )
         scheduler_config.update(shift=1.0, stochastic_sampling=True, use_dynamic_shifting=False)
     pipe: Any = StableDiffusion3Pipeline(
-        transformer=_plain_copy(model.transformer, merge=True),
+        transformer=_plain_copy(model, merge=True),
         scheduler=FlowMatchEulerDiscreteScheduler.from_config(scheduler_config),
         vae=shared.vae,
         text_encoder=shared.text_encoder,

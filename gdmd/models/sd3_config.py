@@ -94,8 +94,21 @@ class SD3Config(ComponentConfig):
             "boundary (default: every attention projection of the joint blocks)."
         ),
     )
+    share_base: bool | None = Field(
+        default=None,
+        description=(
+            "Put this model's LoRA adapter on the teacher's own frozen transformer instead of "
+            "a copy of it (one base in memory; the teacher runs it with adapters disabled). "
+            "None: share whenever possible (LoRA, init_from the teacher, the teacher's dtype, "
+            "no FSDP); true: share or fail saying why; false: always copy."
+        ),
+    )
     gradient_checkpointing: bool = Field(
-        default=False, description="Recompute transformer activations in backward to save memory."
+        default=False,
+        description=(
+            "Recompute transformer activations in backward to save memory. On a shared base "
+            "it applies to every model sharing it."
+        ),
     )
 
     @model_validator(mode="after")

@@ -22,25 +22,12 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 transformers = pytest.importorskip("transformers")
 
-from diffusers import (  # noqa: E402
-    AutoencoderKL,
-    FlowMatchEulerDiscreteScheduler,
-    SD3Transformer2DModel,
-    StableDiffusion3Pipeline,
-)
+from diffusers import StableDiffusion3Pipeline  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
-from transformers import (  # noqa: E402
-    CLIPTextConfig,
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
-    T5Config,
-    T5EncoderModel,
-    T5Tokenizer,
-)
+from safetensors import safe_open  # noqa: E402
 
 from gdmd.interfaces import BuildContext, DiffusionModel  # noqa: E402
 from gdmd.models.sd3 import (  # noqa: E402
-    LoRALinear,
     SD3Config,
     SD3ConfigError,
     SD3LoadError,
@@ -49,94 +36,12 @@ from gdmd.models.sd3 import (  # noqa: E402
     export_pipeline,
 )
 
-T5_TOKENS = 16  # max_sequence_length used throughout: short prompts, fast T5
+from .conftest import T5_TOKENS  # noqa: E402
+
 PROMPTS = ["a red cat", "two blue dogs"]
 
 
 # ------------------------------------------------------------------------------ fixtures
-
-
-def _byte_level_clip_tokenizer() -> CLIPTokenizer:
-    """CLIP's BPE with no merges: the 256 byte symbols (plain and word-final) + 2 specials."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    extra = iter(range(256, 512))
-    symbols = [chr(b) if b in printable else chr(next(extra)) for b in range(256)]
-    vocab = {s: i for i, s in enumerate(symbols + [s + "</w>" for s in symbols])}
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-
-
-def _tiny_t5_tokenizer() -> T5Tokenizer:
-    words = ["▁a", "▁red", "▁cat", "▁two", "▁blue", "▁dogs", "▁"]
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    vocab += [(w, -1.0) for w in words] + [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
-    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=T5_TOKENS)
-
-
-def _tiny_clip(tokenizer: CLIPTokenizer) -> CLIPTextModelWithProjection:
-    eos = int(tokenizer.convert_tokens_to_ids("<|endoftext|>"))  # type: ignore[arg-type]
-    return CLIPTextModelWithProjection(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            projection_dim=8,
-            bos_token_id=int(tokenizer.convert_tokens_to_ids("<|startoftext|>")),  # type: ignore[arg-type]
-            eos_token_id=eos,  # pooling reads the hidden state at this id
-            pad_token_id=eos,
-        )
-    )
-
-
-@pytest.fixture(scope="session")
-def sd3_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A saved tiny SD3 pipeline: 16 px images, 4 x 8 x 8 latents, 1 joint block."""
-    torch.manual_seed(0)
-    clip_tokenizer = _byte_level_clip_tokenizer()
-    pipe: Any = StableDiffusion3Pipeline(
-        # caption_projection_dim = heads * head_dim; pooled = 8 + 8; joint = T5 d_model.
-        transformer=SD3Transformer2DModel(
-            sample_size=8,
-            patch_size=2,
-            in_channels=4,
-            out_channels=4,
-            num_layers=1,
-            attention_head_dim=8,
-            num_attention_heads=2,
-            joint_attention_dim=16,
-            caption_projection_dim=16,
-            pooled_projection_dim=16,
-            pos_embed_max_size=16,
-        ),
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        # A non-trivial scaling/shift so decode's un-normalisation is actually tested.
-        vae=AutoencoderKL(
-            down_block_types=["DownEncoderBlock2D"] * 2,
-            up_block_types=["UpDecoderBlock2D"] * 2,
-            block_out_channels=[8, 16],
-            latent_channels=4,
-            norm_num_groups=4,
-            layers_per_block=1,
-            sample_size=16,
-            scaling_factor=1.5,
-            shift_factor=0.1,
-        ),
-        text_encoder=_tiny_clip(clip_tokenizer),
-        tokenizer=clip_tokenizer,
-        text_encoder_2=_tiny_clip(clip_tokenizer),
-        tokenizer_2=clip_tokenizer,
-        text_encoder_3=T5EncoderModel(
-            T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
-        ),
-        tokenizer_3=_tiny_t5_tokenizer(),
-    )
-    directory = tmp_path_factory.mktemp("tiny-sd3")
-    pipe.save_pretrained(directory)
-    return directory
 
 
 def _ctx(role: str, init_from: SD3Model | None = None, seed: int = 0) -> BuildContext:
@@ -278,11 +183,18 @@ def test_student_shares_frozen_parts_and_copies_the_transformer(teacher: SD3Mode
     assert critic.transformer is not student.transformer
 
 
+def _lora_layers(model: SD3Model) -> list[Any]:
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.transformer.modules() if isinstance(m, LoraLayer)]
+
+
 def test_lora_trains_only_adapters_starts_at_base_and_gets_gradients(teacher: SD3Model) -> None:
-    student = _build("student", init_from=teacher, lora_rank=4, lora_alpha=8.0)
-    wrapped = [m for m in student.transformer.modules() if isinstance(m, LoRALinear)]
+    student = _build("student", init_from=teacher, lora_rank=4, lora_alpha=8.0, share_base=False)
+    wrapped = _lora_layers(student)
     m_add_q = student.transformer.get_submodule("transformer_blocks.0.attn.add_q_proj")
     assert len(wrapped) == 7  # one joint block; the last block has no to_add_out
+    assert student.transformer.peft_config["student"].lora_alpha == 8.0
     trainable = list(student.trainable_parameters())
     assert len(trainable) == 2 * len(wrapped)
     assert all(p.dtype == torch.float32 for p in trainable)
@@ -293,15 +205,15 @@ def test_lora_trains_only_adapters_starts_at_base_and_gets_gradients(teacher: SD
     loss.backward()
     # The only block is the last one, whose text-stream outputs are discarded: its text
     # queries (add_q_proj) cannot affect the output, so their LoRA gets a zero gradient.
-    grads = [m.lora_up.weight.grad for m in wrapped if m is not m_add_q]
+    grads = [m.lora_B["student"].weight.grad for m in wrapped if m is not m_add_q]
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
     assert all(p.grad is None for p in student.parameters() if not p.requires_grad)
     torch.optim.SGD(trainable, lr=0.1).step()
     assert not torch.equal(_x0(student), _x0(teacher))
 
     state = student.state_dict()
-    assert state and all(".lora_down." in k or ".lora_up." in k for k in state)
-    fresh = _build("student", init_from=teacher, lora_rank=4, lora_alpha=8.0)
+    assert state and all(".lora_A.student." in k or ".lora_B.student." in k for k in state)
+    fresh = _build("student", init_from=teacher, lora_rank=4, lora_alpha=8.0, share_base=False)
     fresh.load_state_dict(state)  # strict: frozen base weights are not expected
     torch.testing.assert_close(_x0(fresh), _x0(student), rtol=0, atol=0)
 
@@ -316,6 +228,146 @@ def test_lora_is_seeded_and_float32_over_a_bfloat16_base(teacher: SD3Model) -> N
     x0 = _x0(first)
     assert x0.dtype == torch.float32  # the input's dtype, whatever the transformer's
     torch.testing.assert_close(x0, _x0(teacher), rtol=0.05, atol=0.05)
+
+
+def test_lora_init_is_seeded_by_the_context_and_leaves_the_global_rng_alone(
+    teacher: SD3Model,
+) -> None:
+    before = torch.random.get_rng_state()
+    first = _build("critic", init_from=teacher, lora_rank=2, share_base=False)
+    assert torch.equal(torch.random.get_rng_state(), before)  # peft's init drew nothing
+    other = build_sd3(
+        SD3Config(lora_rank=2, max_sequence_length=T5_TOKENS, share_base=False),
+        _ctx("critic", teacher, seed=1),
+    )
+    lora_a = [p for n, p in first.named_parameters() if ".lora_A." in n]
+    assert lora_a and all(p.abs().sum() > 0 for p in lora_a)  # gaussian A, zero B
+    assert all(p.abs().sum() == 0 for n, p in first.named_parameters() if ".lora_B." in n)
+    assert all(p.std() < 1.0 for p in lora_a)  # N(0, 1/r^2) with r = 2
+    other_a = [p for n, p in other.named_parameters() if ".lora_A." in n]
+    assert not any(torch.equal(a, b) for a, b in zip(lora_a, other_a, strict=True))
+
+
+# ------------------------------------------------------------------------ shared frozen base
+
+
+def _roles(sd3_pipeline_dir: Path, share: bool, **options: Any) -> tuple[SD3Model, ...]:
+    """A fresh teacher, and a student and a critic built from it in one layout."""
+    teacher = _build("teacher", model=str(sd3_pipeline_dir))
+    student = _build(
+        "student", init_from=teacher, lora_rank=4, lora_alpha=8.0, share_base=share, **options
+    )
+    critic = _build("critic", init_from=teacher, lora_rank=2, share_base=share, **options)
+    for seed, model in ((5, student), (6, critic)):
+        _perturb(model.trainable_parameters(), seed=seed)
+    return teacher, student, critic
+
+
+def _parameter_bytes(*models: SD3Model) -> int:
+    storages = {}
+    for model in models:
+        for p in model.parameters():
+            storages[p.untyped_storage().data_ptr()] = p.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+def test_shared_base_is_exact_and_holds_one_transformer(sd3_pipeline_dir: Path) -> None:
+    shared = _roles(sd3_pipeline_dir, share=True)
+    copied = _roles(sd3_pipeline_dir, share=False)
+    teacher, student, critic = shared
+    assert student.transformer is teacher.transformer is critic.transformer
+    assert all(m.shares_base for m in shared)
+    assert not any(m.shares_base for m in copied)
+    # Each role sees only its own weights: the teacher no adapter, the others only theirs.
+    assert not any(".lora_" in n for n, _ in teacher.named_parameters())
+    for model, other in ((student, "critic"), (critic, "student")):
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert names and all(f".{model.adapter}." in n for n in names)
+        assert not any(f".{other}." in n for n, _ in model.named_parameters())
+    for a, b in zip(shared[1:], copied[1:], strict=True):
+        assert list(a.state_dict()) == list(b.state_dict())  # checkpoints fit either layout
+    # One transformer instead of three, plus the two adapters.
+    base = _parameter_bytes(copied[0])
+    adapters = sum(p.nbytes for m in shared[1:] for p in m.trainable_parameters())
+    assert _parameter_bytes(*shared) == base + adapters
+    assert _parameter_bytes(*copied) == 3 * base + adapters
+
+    # Exact: every role, with the adapters switched in an interleaved order, and gradients.
+    cond = teacher.encode_prompts(PROMPTS)
+    t = torch.tensor([0.9, 0.4])
+    grads = []
+    for teacher_, student_, critic_ in (shared, copied):
+        out = student_(_latents(), t, cond, guidance_scale=2.0)
+        with torch.no_grad():
+            real = teacher_(_latents(seed=3), t, cond, guidance_scale=4.0)
+            fake = critic_(_latents(seed=3), t, cond)
+        out.square().mean().backward()
+        loss = critic_(_latents(seed=4), t, cond).square().mean()
+        loss.backward()
+        grads.append(
+            (
+                out,
+                real,
+                fake,
+                [p.grad for m in (student_, critic_) for p in m.trainable_parameters()],
+            )
+        )
+    (out_s, real_s, fake_s, grads_s), (out_c, real_c, fake_c, grads_c) = grads
+    for a, b in (
+        (out_s, out_c),
+        (real_s, real_c),
+        (fake_s, fake_c),
+        *zip(grads_s, grads_c, strict=True),
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    fresh = _build("teacher", model=str(sd3_pipeline_dir))
+    torch.testing.assert_close(_x0(teacher, 4.0), _x0(fresh, 4.0), rtol=0, atol=0)
+
+
+def test_shared_base_keeps_optimised_weights_trainable_across_switches(
+    sd3_pipeline_dir: Path,
+) -> None:
+    teacher, student, critic = _roles(sd3_pipeline_dir, share=True)
+    trained = [*student.trainable_parameters(), *critic.trainable_parameters()]
+    cond = teacher.encode_prompts(PROMPTS)
+    for model in (student, teacher, critic, teacher, student):
+        with torch.no_grad():
+            model(_latents(), torch.tensor([0.5, 0.5]), cond)
+        # peft's set_adapter/disable_adapters would have frozen the inactive adapters.
+        assert all(p.requires_grad for p in trained)
+    teacher.requires_grad_(False)  # what the loop does: must not reach the adapters
+    assert all(p.requires_grad for p in trained)
+
+
+def test_shared_student_with_gradient_checkpointing_gets_its_own_gradients(
+    sd3_pipeline_dir: Path,
+) -> None:
+    # Backward recomputes checkpointed blocks; by then the critic's adapter is active.
+    runs = []
+    for share in (True, False):
+        teacher, student, critic = _roles(sd3_pipeline_dir, share, gradient_checkpointing=True)
+        cond = teacher.encode_prompts(PROMPTS)
+        out = student(_latents(), torch.tensor([0.9, 0.4]), cond)
+        with torch.no_grad():
+            critic(_latents(seed=3), torch.tensor([0.9, 0.4]), cond)
+        out.square().mean().backward()
+        runs.append([p.grad for p in student.trainable_parameters()])
+    assert all(g is not None for g in runs[0])
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_share_base_true_says_why_it_cannot(teacher: SD3Model) -> None:
+    with pytest.raises(SD3ConfigError, match="no lora_rank"):
+        _build("student", init_from=teacher, share_base=True)
+    with pytest.raises(SD3ConfigError, match="dtype bfloat16 differs"):
+        _build("critic", init_from=teacher, lora_rank=2, dtype="bfloat16", share_base=True)
+    full = _build("student", init_from=teacher)
+    with pytest.raises(SD3ConfigError, match="not a frozen teacher"):
+        _build("critic", init_from=full, lora_rank=2, share_base=True)
+    # Unset: share when possible, copy otherwise.
+    assert _build("critic", init_from=teacher, lora_rank=2).shares_base
+    assert not _build("critic", init_from=teacher, lora_rank=2, dtype="bfloat16").shares_base
 
 
 def test_gradient_checkpointing_keeps_gradients(teacher: SD3Model) -> None:
@@ -349,8 +401,14 @@ def test_lora_save_reload_round_trip(teacher: SD3Model, tmp_path: Path) -> None:
     student = _build("student", init_from=teacher, lora_rank=4)
     _perturb(student.trainable_parameters())
     student.save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "lora.json").read_text())["rank"] == 4
-    assert (tmp_path / "lora.safetensors").is_file()
+    assert json.loads((tmp_path / "gdmd_sd3.json").read_text())["transformer"]["lora"]["rank"] == 4
+    with safe_open(str(tmp_path / "pytorch_lora_weights.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        lora_config = json.loads(f.metadata()["lora_adapter_metadata"])
+    # diffusers' LoRA format: transformer.<peft key>, the adapter name stripped.
+    assert "transformer.transformer_blocks.0.attn.to_q.lora_A.weight" in keys
+    assert len(keys) == 2 * len(_lora_layers(student))
+    assert lora_config["transformer.r"] == 4 and lora_config["transformer.lora_alpha"] == 4
     assert not (tmp_path / "transformer").exists()  # the base is a reference, not a copy
     reloaded = _build("student", model=str(tmp_path))
     assert reloaded.lora == student.lora
@@ -377,7 +435,7 @@ def test_exported_pipeline_loads_and_generates(teacher: SD3Model, tmp_path: Path
     export_pipeline(student, tmp_path, student_timesteps=[1.0, 0.5])
     pipe: Any = StableDiffusion3Pipeline.from_pretrained(tmp_path)
     pipe.set_progress_bar_config(disable=True)
-    assert not any(isinstance(m, LoRALinear) for m in pipe.transformer.modules())
+    assert not any("lora" in name for name, _ in pipe.transformer.named_parameters())
     assert pipe.scheduler.config.stochastic_sampling
     assert json.loads((tmp_path / "gdmd_export.json").read_text())["timesteps"] == [1.0, 0.5]
 
