@@ -12,6 +12,8 @@ import gdmd
 from gdmd_hpsv2.config import HPSv2Config
 
 __version__ = "0.1.0"
+#: The gdmd plugin API this plugin is written for (docs/hooks.md).
+GDMD_PLUGIN_API = 1
 
 
 def _build(config: HPSv2Config, ctx: Any) -> Any:

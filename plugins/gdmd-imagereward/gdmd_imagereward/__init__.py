@@ -12,6 +12,8 @@ import gdmd
 from gdmd_imagereward.config import ImageRewardConfig
 
 __version__ = "0.1.0"
+#: The gdmd plugin API this plugin is written for (docs/hooks.md).
+GDMD_PLUGIN_API = 1
 
 
 def _build(config: ImageRewardConfig, ctx: Any) -> Any:
