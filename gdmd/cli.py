@@ -430,6 +430,9 @@ def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
 
     app.add_typer(plugin_app(), name="plugin", help="Tools for plugin authors (plugin new).")
 
+    from gdmd.export import add_export_command
+
+    add_export_command(app)
     return app
 
 

@@ -71,6 +71,8 @@ __all__ = [
     "SD3SharedComponents",
     "build_sd3",
     "export_pipeline",
+    "save_lora_file",
+    "student_scheduler_config",
 ]
 
 #: Name suffixes of the attention projections of SD3's joint (MMDiT) blocks: image-stream
@@ -1291,7 +1293,7 @@ def export_pipeline(
             raise SD3ConfigError(
                 f"student_timesteps must be decreasing flow times in (0, 1], got {times}"
             )
-        scheduler_config.update(shift=1.0, stochastic_sampling=True, use_dynamic_shifting=False)
+        scheduler_config = student_scheduler_config(scheduler_config)
     pipe: Any = StableDiffusion3Pipeline(
         transformer=_plain_copy(model, merge=True),
         scheduler=FlowMatchEulerDiscreteScheduler.from_config(scheduler_config),
@@ -1322,6 +1324,17 @@ def export_pipeline(
     }
     (directory / EXPORT_METADATA).write_text(json.dumps(notes, indent=2) + "\n")
     return directory
+
+
+def student_scheduler_config(scheduler_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The source pipeline's ``FlowMatchEulerDiscreteScheduler`` config set up for DMD's
+    few-step sampler: ``stochastic_sampling`` (each step predicts x0 and re-noises it with
+    fresh noise to the next time, as :func:`gdmd.sampling.consistency_sample` does) and
+    ``shift = 1`` without dynamic shifting, so the ``sigmas`` passed to the pipeline are the
+    times the student was trained at."""
+    config = dict(scheduler_config)
+    config.update(shift=1.0, stochastic_sampling=True, use_dynamic_shifting=False)
+    return config
 
 
 def _not_decreasing(values: list[float]) -> bool:
