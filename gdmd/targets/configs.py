@@ -40,6 +40,13 @@ class GDMDConfig(ComponentConfig):
         description='"advantage": alpha + beta * A_k (signed). "softmax": alpha + beta * '
         "(K * softmax_k(A_k * clip) - 1), positive when beta <= alpha.",
     )
+    chunk_size: int | None = Field(
+        None,
+        ge=1,
+        description="Rows (sample-target pairs) per teacher, critic, decoder and reward call "
+        "when evaluating the B * K targets; None: all at once. [train] batch_size gives the "
+        "activation peak of one plain DMD step. Changes no draw, only float rounding.",
+    )
 
 
 class DMDRConfig(ComponentConfig):

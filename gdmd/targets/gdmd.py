@@ -15,6 +15,7 @@ import torch
 
 from gdmd.interfaces import TargetContext, TargetOutput
 from gdmd.losses import gdmd_weights, group_advantages
+from gdmd.targets.chunking import chunked_context
 from gdmd.targets.common import dmd_targets, score
 from gdmd.targets.configs import GDMDConfig
 
@@ -32,6 +33,7 @@ class GDMDTarget:
 
     def __call__(self, ctx: TargetContext) -> TargetOutput:
         cfg = self.config
+        ctx = chunked_context(ctx, cfg.chunk_size)
         vary_t = cfg.vary in ("t", "both")
         vary_fake = cfg.vary in ("fake", "both")
         targets, metrics = dmd_targets(ctx, k=cfg.k, vary_t=vary_t, vary_fake=vary_fake)
