@@ -193,6 +193,9 @@ class TargetContext:
     run on N processes draws what one process with N times the batch draws. ``generator`` is
     a per-process generator: reproducible, but its draws depend on how the batch is split.
     ``sample_noise`` is ``None`` outside the training loop (draw from ``generator`` then).
+    ``renoise_range`` is ``(low, high)`` of the times ``sample_t`` draws from (the loop's
+    ``[train] renoise_range``), for strategies that lay times out themselves; ``None`` when
+    unknown.
     """
 
     x: torch.Tensor
@@ -209,6 +212,7 @@ class TargetContext:
     generator: torch.Generator
     step: int
     sample_noise: Callable[[int], torch.Tensor] | None = None
+    renoise_range: tuple[float, float] | None = None
 
 
 @dataclass

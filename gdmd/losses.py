@@ -102,6 +102,23 @@ def group_advantages(rewards: torch.Tensor, clip: float) -> torch.Tensor:
     return group_normalise(rewards).clamp(-clip, clip) / clip
 
 
+def remove_time_trend(rewards: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """Rewards minus their least-squares line in the renoise time, over the whole batch.
+
+    ``r'_bk = r_bk - (a + b * t_bk)`` with ``(a, b)`` fitted on all ``B * K`` pairs of
+    ``rewards`` and ``times`` (both ``[B, K]``): a per-``t`` baseline, so that a group's
+    advantages do not rank its targets by how noisy their renoise time was. When every time is
+    the same (nothing to fit a slope on) only the mean is removed.
+    """
+    r = rewards.float().reshape(-1)
+    t = times.float().reshape(-1)
+    t_centred = t - t.mean()
+    r_centred = r - r.mean()
+    spread = (t_centred**2).sum()
+    slope = (t_centred * r_centred).sum() / spread if float(spread) > 0 else spread * 0.0
+    return (r_centred - slope * t_centred).reshape(rewards.shape)
+
+
 def gdmd_weights(advantages: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
     """Per-target weights ``alpha + beta * A``.
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 
 from gdmd.contracts import call_reward, check_images
@@ -14,28 +17,70 @@ def repeat_cond(cond: Conditioning, k: int) -> Conditioning:
     return {key: value.repeat_interleave(k, dim=0) for key, value in cond.items()}
 
 
-def dmd_targets(
-    ctx: TargetContext, k: int, vary_t: bool, vary_fake: bool
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """``K`` implicit targets per sample, ``[B, K, ...]``, detached.
+#: How the renoise times of a target group are drawn (see :func:`target_group`).
+GroupTimes = Literal["independent", "shared", "stratified"]
 
-    ``vary_t``: each target draws its own renoise time and noise (else one draw per sample,
-    shared by its K targets). ``vary_fake``: target ``k`` uses the critic snapshot
-    ``k mod S`` of the ``S`` states kept from the critic's inner loop (else the current
-    critic). Teacher and critic run without grad.
+
+@dataclass
+class TargetGroup:
+    """``K`` DMD targets per sample and the pieces they are built from, all detached.
+
+    ``targets``: ``x - g`` ``[B, K, ...]`` (in ``x``'s dtype); ``gradients``: the normalised
+    DMD gradients ``g`` and ``directions``: the un-normalised ``x0_fake - x0_real``, both
+    ``[B, K, ...]`` float32; ``times``: the renoise times ``[B, K]``.
+    """
+
+    targets: torch.Tensor
+    gradients: torch.Tensor
+    directions: torch.Tensor
+    times: torch.Tensor
+    metrics: dict[str, float]
+
+
+def group_times(ctx: TargetContext, b: int, k: int, times: GroupTimes) -> torch.Tensor:
+    """Renoise times ``[B * K]`` (sample ``i`` owns rows ``i*K .. i*K + K-1``).
+
+    ``"independent"``: every target draws its own time. ``"shared"``: one draw per sample, the
+    same for its K targets. ``"stratified"``: one draw ``t0`` per sample, rescaled to
+    ``u = (t0 - low) / (high - low)`` on the loop's renoise range, then
+    ``t_j = low + (high - low) * (j + u) / K``: one time in each K-th of the range, so every
+    group spans the range evenly (a randomly shifted lattice).
+    """
+    if times == "independent":
+        return ctx.sample_t(b * k)
+    if times == "shared":
+        return ctx.sample_t(b).repeat_interleave(k, dim=0)
+    if ctx.renoise_range is None:
+        raise ValueError("stratified renoise times need TargetContext.renoise_range")
+    low, high = ctx.renoise_range
+    u = ((ctx.sample_t(b).double() - low) / (high - low)).clamp(0.0, 1.0 - 1e-9)
+    slot = torch.arange(k, dtype=torch.float64, device=u.device)
+    lattice = (slot.unsqueeze(0) + u.unsqueeze(1)) / k
+    return (low + (high - low) * lattice).reshape(b * k).float()
+
+
+def target_group(
+    ctx: TargetContext, k: int, times: GroupTimes, shared_noise: bool, vary_fake: bool
+) -> TargetGroup:
+    """``K`` implicit targets per sample, ``[B, K, ...]``, with their gradients and times.
+
+    ``times``: how the group's renoise times are drawn (:func:`group_times`).
+    ``shared_noise``: one noise draw per sample, shared by its K targets (else one per
+    target). ``vary_fake``: target ``k`` uses the critic snapshot ``k mod S`` of the ``S``
+    states kept from the critic's inner loop (else the current critic). Teacher and critic
+    run without grad.
     """
     x = ctx.x.detach()
     b = x.shape[0]
-    draws = b * k if vary_t else b
-    t = ctx.sample_t(draws)
+    noise_draws = b if shared_noise else b * k
+    t = group_times(ctx, b, k, times)
     if ctx.sample_noise is not None:  # per sample: the same draws on any number of processes
-        noise = ctx.sample_noise(draws).to(device=x.device, dtype=x.dtype)
+        noise = ctx.sample_noise(noise_draws).to(device=x.device, dtype=x.dtype)
     else:
         noise = torch.randn(
-            (draws, *x.shape[1:]), generator=ctx.generator, device=ctx.generator.device
+            (noise_draws, *x.shape[1:]), generator=ctx.generator, device=ctx.generator.device
         ).to(device=x.device, dtype=x.dtype)
-    if not vary_t:
-        t = t.repeat_interleave(k, dim=0)
+    if shared_noise:
         noise = noise.repeat_interleave(k, dim=0)
     xk = x.repeat_interleave(k, dim=0)
     x_t = ctx.schedule.add_noise(xk, noise, t.to(x.device))
@@ -54,12 +99,38 @@ def dmd_targets(
         else:
             fake = ctx.fake_x0(x_t, t, repeat_cond(ctx.cond_fake, k), None)
     gradient = dmd_gradient(xk, real, fake)
-    targets = implicit_target(xk, gradient).reshape(b, k, *x.shape[1:])
+    shape = (b, k, *x.shape[1:])
     metrics = {
         "dmd/grad_abs": float(gradient.abs().mean()),
         "dmd/t_mean": float(t.float().mean()),
     }
-    return targets, metrics
+    return TargetGroup(
+        targets=implicit_target(xk, gradient).reshape(shape),
+        gradients=gradient.reshape(shape),
+        directions=(fake.detach().float() - real.detach().float()).reshape(shape),
+        times=t.float().reshape(b, k),
+        metrics=metrics,
+    )
+
+
+def dmd_targets(
+    ctx: TargetContext, k: int, vary_t: bool, vary_fake: bool
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``K`` implicit targets per sample, ``[B, K, ...]``, detached.
+
+    ``vary_t``: each target draws its own renoise time and noise (else one draw per sample,
+    shared by its K targets). ``vary_fake``: target ``k`` uses the critic snapshot
+    ``k mod S`` of the ``S`` states kept from the critic's inner loop (else the current
+    critic). Teacher and critic run without grad.
+    """
+    group = target_group(
+        ctx,
+        k,
+        times="independent" if vary_t else "shared",
+        shared_noise=not vary_t,
+        vary_fake=vary_fake,
+    )
+    return group.targets, group.metrics
 
 
 def score(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from gdmd.config import ComponentConfig
 
@@ -47,6 +47,42 @@ class GDMDConfig(ComponentConfig):
         "when evaluating the B * K targets; None: all at once. [train] batch_size gives the "
         "activation peak of one plain DMD step. Changes no draw, only float rounding.",
     )
+    scored: Literal["normalised", "unnormalised"] = Field(
+        "normalised",
+        description='What the rewards score: "normalised" scores x - score_step * g, g the '
+        'normalised DMD gradient (the implicit target itself at score_step 1); "unnormalised" '
+        "scores x - score_step * (x0_fake - x0_real), the same direction before DMD's "
+        "normaliser, a much shorter step. The regression targets are x - g either way.",
+    )
+    group_t: Literal["independent", "shared", "stratified"] = Field(
+        "independent",
+        description='How a t-varied group draws its renoise times (vary = "t" or "both"): '
+        '"independent": one time per target; "shared": one time per group, only the noise '
+        'differs; "stratified": one time in each K-th of [train] renoise_range (a randomly '
+        "shifted lattice). The noise differs between targets in all three.",
+    )
+    t_baseline: bool = Field(
+        False,
+        description="Subtract the batch's least-squares line of reward against renoise time "
+        "before the group advantages (a per-t baseline), so a group is not ranked by its "
+        "targets' noise levels.",
+    )
+    reward_start_step: int = Field(
+        0,
+        ge=0,
+        description="Student update at which the reward term starts. Before it every target "
+        "gets weight 1 (plain DMD over the group) and nothing is scored: a DMD warm-up, as "
+        "DMDR's cold start.",
+    )
+
+    @model_validator(mode="after")
+    def _group_t_needs_t(self) -> GDMDConfig:
+        if self.group_t != "independent" and self.vary == "fake":
+            raise ValueError(
+                f'group_t = "{self.group_t}" needs vary = "t" or "both": with vary = "fake" '
+                "a group shares one time and one noise draw"
+            )
+        return self
 
 
 class DMDRConfig(ComponentConfig):

@@ -5,7 +5,11 @@ targets ``x_tgt^k = sg(x - g_k)`` of K DMD gradients that differ in renoise time
 (``vary = "t"``), in critic state (``"fake"``: states kept from the critic's inner loop), or
 both. Group-relative advantages of the scores become signed weights ``alpha + beta * A_k``
 of the K regression terms. ``score_step`` < 1 scores ``x - score_step * g_k`` instead: a
-shorter step along the same direction. No gradient flows through decoder or reward, so any
+shorter step along the same direction; ``scored = "unnormalised"`` scores
+``x - score_step * (x0_fake - x0_real)``, the direction before DMD's normaliser. ``group_t``
+lays out a t-group's times (independent, shared, stratified), ``t_baseline`` removes the
+batch's reward-against-t line before the advantages, and before ``reward_start_step`` the
+update is plain DMD over the group. No gradient flows through decoder or reward, so any
 reward works, including a non-differentiable one.
 """
 
@@ -14,9 +18,9 @@ from __future__ import annotations
 import torch
 
 from gdmd.interfaces import TargetContext, TargetOutput
-from gdmd.losses import gdmd_weights, group_advantages
+from gdmd.losses import gdmd_weights, group_advantages, remove_time_trend
 from gdmd.targets.chunking import chunked_context
-from gdmd.targets.common import dmd_targets, score
+from gdmd.targets.common import score, target_group
 from gdmd.targets.configs import GDMDConfig
 
 
@@ -36,16 +40,33 @@ class GDMDTarget:
         ctx = chunked_context(ctx, cfg.chunk_size)
         vary_t = cfg.vary in ("t", "both")
         vary_fake = cfg.vary in ("fake", "both")
-        targets, metrics = dmd_targets(ctx, k=cfg.k, vary_t=vary_t, vary_fake=vary_fake)
+        group = target_group(
+            ctx,
+            cfg.k,
+            times=cfg.group_t if vary_t else "shared",
+            shared_noise=not vary_t,
+            vary_fake=vary_fake,
+        )
+        targets, metrics = group.targets, group.metrics
         b = targets.shape[0]
+        if ctx.step < cfg.reward_start_step:
+            # DMD warm-up: the group's plain DMD update, nothing scored.
+            metrics["gdmd/reward_active"] = 0.0
+            return TargetOutput(
+                targets=targets,
+                weights=torch.ones(b, cfg.k, device=targets.device),
+                metrics=metrics,
+            )
         prompts = [p for p in ctx.prompts for _ in range(cfg.k)]
-        scored = targets
-        if cfg.score_step != 1.0:
-            x = ctx.x.detach().unsqueeze(1)
-            scored = x + cfg.score_step * (targets - x)
+        direction = group.gradients if cfg.scored == "normalised" else group.directions
+        scored = ctx.x.detach().float().unsqueeze(1) - cfg.score_step * direction
         with torch.no_grad():
-            images = ctx.decoder.decode(scored.reshape(b * cfg.k, *targets.shape[2:]))
+            images = ctx.decoder.decode(
+                scored.to(targets.dtype).reshape(b * cfg.k, *targets.shape[2:])
+            )
             rewards, reward_metrics = score(ctx, images, prompts, group=cfg.k)
+        if cfg.t_baseline:
+            rewards = remove_time_trend(rewards, group.times.to(rewards.device))
         advantages = group_advantages(rewards, cfg.clip)
         if cfg.weighting == "advantage":
             weights = gdmd_weights(advantages, cfg.alpha, cfg.beta)
@@ -58,4 +79,5 @@ class GDMDTarget:
         )
         metrics["gdmd/weight_min"] = float(weights.min())
         metrics["gdmd/weight_max"] = float(weights.max())
+        metrics["gdmd/reward_active"] = 1.0
         return TargetOutput(targets=targets, weights=weights.detach(), metrics=metrics)

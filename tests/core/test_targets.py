@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from gdmd.errors import ContractError
 from gdmd.interfaces import TargetContext, WeightedReward
-from gdmd.losses import dmd_gradient, group_advantages
+from gdmd.losses import dmd_gradient, group_advantages, remove_time_trend
 from gdmd.schedules import FlowMatchingSchedule
 from gdmd.targets.configs import DMDRConfig, GDMDConfig, RewardWeightedConfig
 from gdmd.targets.dmd import DMDTarget
@@ -238,3 +239,115 @@ def test_reward_contract_errors_name_the_plugin(bad, message: str) -> None:
     with pytest.raises(ContractError, match=message) as info:
         GDMDTarget(GDMDConfig(k=4))(ctx)
     assert "reward 'mine' (plugin 'gdmd-bad-reward')" in str(info.value)
+
+
+def _replay_x_t(x: torch.Tensor, seed: int, time_draws: int, k: int) -> tuple:
+    """The draws ``make_ctx`` gives a t-group: times first, then one noise per target."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.rand(time_draws, generator=g) * 0.9 + 0.05
+    noise = torch.randn(x.shape[0] * k, *SHAPE, generator=g)
+    return t, noise, g
+
+
+def test_gdmd_unnormalised_scores_x_minus_the_raw_direction_and_keeps_the_targets() -> None:
+    x = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(3))
+    seen: list[torch.Tensor] = []
+
+    def reward(images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        seen.append(images.clone())
+        return images.mean(dim=(1, 2, 3))
+
+    rewards = [WeightedReward("r", reward, weight=1.0, normalise="group")]
+    default = GDMDTarget(GDMDConfig(k=3))(make_ctx(x, rewards, seed=4))
+    raw = GDMDTarget(GDMDConfig(k=3, scored="unnormalised"))(make_ctx(x, rewards, seed=4))
+    assert torch.equal(default.targets, raw.targets)
+    t, noise, _ = _replay_x_t(x, seed=4, time_draws=6, k=3)
+    xk = x.repeat_interleave(3, dim=0)
+    x_t = FlowMatchingSchedule().add_noise(xk, noise, t)
+    # x0_fake - x0_real = 0.3 x_t - 0.5 x_t on the stand-in models.
+    expected = PixelDecoder().decode(xk - (0.3 * x_t - 0.5 * x_t))
+    assert torch.allclose(seen[1], expected, atol=1e-6)
+    half = GDMDTarget(GDMDConfig(k=3, scored="unnormalised", score_step=0.5))
+    half(make_ctx(x, rewards, seed=4))
+    assert torch.allclose(seen[2], PixelDecoder().decode(xk + 0.5 * 0.2 * x_t), atol=1e-6)
+
+
+def test_gdmd_group_t_shared_draws_one_time_per_group_and_a_noise_per_target() -> None:
+    reward = WeightedReward("r", RecordingReward())
+    x = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(1))
+    calls: list = []
+    out = GDMDTarget(GDMDConfig(k=3, group_t="shared"))(make_ctx(x, [reward], seed=6, calls=calls))
+    t, noise, _ = _replay_x_t(x, seed=6, time_draws=2, k=3)
+    assert torch.equal(calls[0][2], t.repeat_interleave(3))
+    x_t = FlowMatchingSchedule().add_noise(x.repeat_interleave(3, 0), noise, t.repeat_interleave(3))
+    expected = x.repeat_interleave(3, 0) - dmd_gradient(
+        x.repeat_interleave(3, 0), 0.5 * x_t, 0.3 * x_t
+    )
+    assert torch.allclose(out.targets.reshape(6, *SHAPE), expected, atol=1e-6)
+    assert not torch.allclose(out.targets[:, 0], out.targets[:, 1])  # the noise differs
+
+
+def test_gdmd_group_t_stratified_puts_one_time_in_each_kth_of_the_range() -> None:
+    reward = WeightedReward("r", RecordingReward())
+    x = torch.randn(3, *SHAPE)
+    calls: list = []
+    ctx = dataclasses.replace(
+        make_ctx(x, [reward], seed=8, calls=calls), renoise_range=(0.05, 0.95)
+    )
+    GDMDTarget(GDMDConfig(k=4, group_t="stratified"))(ctx)
+    g = torch.Generator().manual_seed(8)
+    u = ((torch.rand(3, generator=g) * 0.9 + 0.05) - 0.05) / 0.9
+    expected = 0.05 + 0.9 * (torch.arange(4).unsqueeze(0) + u.unsqueeze(1)) / 4
+    times = calls[0][2].reshape(3, 4)
+    assert torch.allclose(times, expected, atol=1e-6)
+    assert torch.equal(((times - 0.05) / 0.9 * 4).floor().long(), torch.arange(4).expand(3, 4))
+    with pytest.raises(ValueError, match="renoise_range"):
+        GDMDTarget(GDMDConfig(k=4, group_t="stratified"))(make_ctx(x, [reward]))
+
+
+def test_gdmd_group_t_needs_a_t_group() -> None:
+    with pytest.raises(ValueError, match='needs vary = "t" or "both"'):
+        GDMDConfig(vary="fake", group_t="shared")
+    assert GDMDConfig(vary="both", group_t="stratified").group_t == "stratified"
+
+
+def test_remove_time_trend_on_hand_built_values() -> None:
+    times = torch.tensor([[0.1, 0.3], [0.5, 0.7]])
+    wiggle = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])  # mean 0, orthogonal to centred t
+    assert torch.allclose(remove_time_trend(4.0 + 2.0 * times + wiggle, times), wiggle, atol=1e-6)
+    flat = torch.full((2, 2), 0.4)
+    rewards = torch.tensor([[1.0, 2.0], [3.0, 6.0]])
+    assert torch.allclose(remove_time_trend(rewards, flat), rewards - 3.0)
+
+
+def test_gdmd_t_baseline_ranks_residuals_of_the_reward_against_t() -> None:
+    class TimeLike:
+        """Scores the decoded image's mean: on these stand-ins it moves with t."""
+
+        differentiable = False
+
+        def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+            return images.mean(dim=(1, 2, 3))
+
+    x = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(2))
+    rewards = [WeightedReward("r", TimeLike(), normalise="none")]
+    calls: list = []
+    plain = GDMDTarget(GDMDConfig(k=3))(make_ctx(x, rewards, seed=9))
+    out = GDMDTarget(GDMDConfig(k=3, t_baseline=True))(make_ctx(x, rewards, seed=9, calls=calls))
+    scores = TimeLike()(PixelDecoder().decode(out.targets.reshape(12, *SHAPE)), [""] * 12)
+    residual = remove_time_trend(scores.reshape(4, 3), calls[0][2].reshape(4, 3))
+    assert torch.allclose(out.weights, 1.0 + group_advantages(residual, 1.0), atol=1e-4)
+    assert not torch.allclose(out.weights, plain.weights, atol=1e-3)
+
+
+def test_gdmd_reward_start_step_is_plain_dmd_before_and_scores_from_it() -> None:
+    reward = RecordingReward()
+    x = torch.randn(2, *SHAPE)
+    target = GDMDTarget(GDMDConfig(k=3, reward_start_step=5))
+    ctx = make_ctx(x, [WeightedReward("r", reward)], seed=1)
+    before = target(dataclasses.replace(ctx, step=4))
+    assert reward.batches == [] and torch.equal(before.weights, torch.ones(2, 3))
+    assert before.metrics["gdmd/reward_active"] == 0.0
+    after = target(dataclasses.replace(make_ctx(x, [WeightedReward("r", reward)], seed=1), step=5))
+    assert reward.batches == [6] and after.metrics["gdmd/reward_active"] == 1.0
+    assert not torch.equal(after.weights, torch.ones(2, 3))
