@@ -171,12 +171,18 @@ def _check_finite(value: torch.Tensor, what: str, step: int) -> None:
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines past ``step`` so a resumed run does not log a step twice."""
+    """Drop metric lines past ``step`` so a resumed run does not log a step twice (and a
+    line torn by a kill in the middle of its write)."""
     if not path.exists():
         return
-    kept = [
-        line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step
-    ]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            logged = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if logged <= step:
+            kept.append(line)
     path.write_text("".join(f"{line}\n" for line in kept))
 
 
@@ -386,8 +392,8 @@ def train(
     # random stream needs no state (it is a function of the step).
     if resume_from is not None:
         restore_payload(state, resume_from, device)
-        if main:
-            _truncate_metrics(metrics_path, state.step)
+    if main:  # lines a killed run logged after its last checkpoint are logged again
+        _truncate_metrics(metrics_path, state.step)
 
     def draws_at(step: int, *site: int | str) -> SiteDraws:
         return SiteDraws(s.seed, step, site, my_samples, device, accelerator.process_index)
