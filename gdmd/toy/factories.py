@@ -11,7 +11,7 @@ Importing this module imports no torch: the factories import their components wh
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
@@ -60,6 +60,12 @@ class ToyPromptsConfig(ComponentConfig):
         min_length=1,
         description="Only these prompt categories, for training and evaluation. Unset: all.",
     )
+    split: Literal["evaluation", "validation"] = Field(
+        default="evaluation",
+        description='Which prompts evaluation uses: "evaluation", the held-out split; '
+        '"validation", prompts carved out of the training split (which training then never '
+        "draws), for tuning without touching the evaluation prompts.",
+    )
 
 
 def build_alignment_reward(config: ToyAlignmentRewardConfig, ctx: BuildContext) -> AlignmentReward:
@@ -86,4 +92,8 @@ def build_toy_prompts(config: ToyPromptsConfig, ctx: BuildContext) -> ToyPrompts
     """The toy prompt source."""
     from gdmd.toy.prompts import ToyPrompts
 
-    return ToyPrompts(eval_per_category=config.eval_per_category, categories=config.categories)
+    return ToyPrompts(
+        eval_per_category=config.eval_per_category,
+        categories=config.categories,
+        split=config.split,
+    )

@@ -76,6 +76,10 @@ MAX_PROMPT_WORDS = 8
 HELDOUT_FRACTION = 0.2
 #: Salt of the split hash; changing it changes which prompts are held out.
 SPLIT_SEED = "gdmd-toy-split-v1"
+#: Fraction of each category's canonical *training* prompts set aside for validation.
+VALIDATION_FRACTION = 0.2
+#: Salt of the validation hash (independent of the evaluation split's).
+VALIDATION_SEED = "gdmd-toy-validation-v1"
 
 _OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 
@@ -268,8 +272,8 @@ def _check_category(category: str) -> None:
         raise _unknown_word("category", category, CATEGORIES, category)
 
 
-def _split_hash(spec: PromptSpec) -> str:
-    key = f"{SPLIT_SEED}:{format_prompt(canonical(spec))}"
+def _split_hash(spec: PromptSpec, salt: str = SPLIT_SEED) -> str:
+    key = f"{salt}:{format_prompt(canonical(spec))}"
     return hashlib.sha256(key.encode()).hexdigest()
 
 
@@ -348,6 +352,49 @@ def evaluation_prompts(
     mean over categories; with this balanced list the plain mean over prompts is the same.
     """
     return _balanced(heldout=True, per_category=per_category, categories=categories)
+
+
+@functools.lru_cache(maxsize=1)
+def _validation_canonical() -> frozenset[PromptSpec]:
+    held = _heldout_canonical()
+    chosen: set[PromptSpec] = set()
+    for category in CATEGORIES:
+        specs = {canonical(parse_prompt(p)) for p in _prompts_by_category()[category]} - held
+        ordered = sorted(specs, key=lambda spec: _split_hash(spec, VALIDATION_SEED))
+        chosen.update(ordered[: math.ceil(VALIDATION_FRACTION * len(ordered))])
+    return frozenset(chosen)
+
+
+def is_validation(prompt: str) -> bool:
+    """Whether ``prompt`` (any wording) belongs to the validation split.
+
+    The validation split is carved out of the *training* split (never the evaluation split),
+    by meaning, with its own seeded hash: for tuning on prompts that no evaluation number
+    uses. The cached teacher and alignment reward are trained on the whole training split,
+    validation prompts included; a student trained with the ``toy`` prompt source's
+    ``split = "validation"`` never sees them.
+    """
+    return canonical(parse_prompt(prompt)) in _validation_canonical()
+
+
+def validation_prompts(
+    per_category: int | None = None, categories: Sequence[str] | None = None
+) -> list[str]:
+    """A category-balanced list of validation prompts, as :func:`evaluation_prompts` builds
+    it from the evaluation split (see :func:`is_validation`)."""
+    splits = {
+        c: [p for p in _split(c, heldout=False) if is_validation(p)]
+        for c in _check_categories(categories)
+    }
+    if per_category is None:
+        per_category = max(len(prompts) for prompts in splits.values())
+    if per_category < 1:
+        raise ValueError(f"per_category must be at least 1, got {per_category}")
+    return [
+        prompt
+        for prompts in splits.values()
+        for prompt in itertools.islice(itertools.cycle(prompts), per_category)
+    ]
 
 
 def hard_negatives(prompt: str) -> list[str]:

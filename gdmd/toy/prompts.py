@@ -11,7 +11,13 @@ from collections.abc import Sequence
 
 import torch
 
-from gdmd.toy.grammar import _check_categories, _split, evaluation_prompts
+from gdmd.toy.grammar import (
+    _check_categories,
+    _split,
+    evaluation_prompts,
+    is_validation,
+    validation_prompts,
+)
 from gdmd.toy.metrics import evaluate_toy
 
 
@@ -21,14 +27,28 @@ class ToyPrompts:
     ``sample`` draws a category uniformly, then one of its unique training prompts uniformly;
     ``evaluation_prompts`` is :func:`evaluation_prompts` with ``eval_per_category``.
     ``categories`` keeps only those categories, for training and evaluation (default: all).
+    ``split = "validation"``: ``evaluation_prompts`` lists validation prompts instead (carved
+    out of the training split, see :func:`gdmd.toy.grammar.is_validation`) and ``sample``
+    never draws them, so tuning never touches the evaluation prompts.
     """
 
     def __init__(
-        self, eval_per_category: int | None = 24, categories: Sequence[str] | None = None
+        self,
+        eval_per_category: int | None = 24,
+        categories: Sequence[str] | None = None,
+        split: str = "evaluation",
     ) -> None:
+        if split not in ("evaluation", "validation"):
+            raise ValueError(f'split must be "evaluation" or "validation", got {split!r}')
         self.eval_per_category = eval_per_category
         self.categories = _check_categories(categories)
-        self._training = {c: _split(c, heldout=False) for c in self.categories}
+        self.split = split
+        self._training = {
+            c: [
+                p for p in _split(c, heldout=False) if split == "evaluation" or not is_validation(p)
+            ]
+            for c in self.categories
+        }
 
     def sample(self, n: int, generator: torch.Generator) -> list[str]:
         """``n`` training prompts drawn with ``generator`` (a torch generator)."""
@@ -42,7 +62,9 @@ class ToyPrompts:
         return prompts
 
     def evaluation_prompts(self) -> list[str]:
-        """The held-out prompts, ``eval_per_category`` from each category."""
+        """The held-out (or validation) prompts, ``eval_per_category`` from each category."""
+        if self.split == "validation":
+            return validation_prompts(self.eval_per_category, self.categories)
         return evaluation_prompts(self.eval_per_category, self.categories)
 
     def evaluate(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, float]:

@@ -52,6 +52,11 @@ def test_prompt_config_names_a_wrong_category() -> None:
         ToyPromptsConfig(categories=("singel",))  # type: ignore[arg-type]
     built = build_toy_prompts(ToyPromptsConfig(categories=("position",)), context())
     assert built.categories == ("position",)
+    validation = build_toy_prompts(ToyPromptsConfig(split="validation"), context())
+    assert validation.split == "validation"
+    assert not set(validation.evaluation_prompts()) & set(built.evaluation_prompts())
+    with pytest.raises(pydantic.ValidationError, match="split"):
+        ToyPromptsConfig(split="test")  # type: ignore[arg-type]
 
 
 def test_factories_build_protocol_conforming_components(tmp_path: Path) -> None:

@@ -21,9 +21,11 @@ from gdmd.toy.grammar import (
     format_prompt,
     hard_negatives,
     is_heldout,
+    is_validation,
     parse_prompt,
     split_prompts,
     training_prompts,
+    validation_prompts,
 )
 from gdmd.toy.prompts import ToyPrompts
 
@@ -199,3 +201,34 @@ def test_categories_restrict_the_prompt_lists_and_the_prompt_source() -> None:
         training_prompts(categories=["colour"])
     with pytest.raises(ValueError, match="at least one category"):
         ToyPrompts(categories=[])
+
+
+def test_validation_split_is_carved_from_training_by_meaning_and_never_evaluated() -> None:
+    validation = set(validation_prompts())
+    assert validation and validation <= set(training_prompts())
+    assert not validation & set(evaluation_prompts())
+    for category in CATEGORIES:
+        train = {canonical(parse_prompt(p)) for p in split_prompts(False, category)}
+        chosen = {spec for spec in train if is_validation(format_prompt(spec))}
+        assert 0 < len(chosen) < len(train)  # some, not all, of every category
+    # Both wordings of one meaning fall on the same side.
+    assert is_validation("a red square above a blue circle") == is_validation(
+        "a blue circle below a red square"
+    )
+    assert [parse_prompt(p).category for p in validation_prompts(2, ["counting", "single"])] == [
+        "single",
+        "single",
+        "counting",
+        "counting",
+    ]
+
+
+def test_toy_prompt_source_validation_split_evaluates_on_prompts_it_never_trains_on() -> None:
+    source = ToyPrompts(eval_per_category=3, split="validation")
+    assert source.evaluation_prompts() == validation_prompts(3)
+    drawn = source.sample(2000, torch.Generator().manual_seed(1))
+    assert not any(is_validation(p) or is_heldout(p) for p in drawn)
+    default = ToyPrompts(eval_per_category=3).sample(2000, torch.Generator().manual_seed(1))
+    assert any(is_validation(p) for p in default)  # the default keeps training on all of them
+    with pytest.raises(ValueError, match="split"):
+        ToyPrompts(split="test")
