@@ -1,6 +1,7 @@
 """Engine benchmarks on the built-in ``tiny-unet`` family, on CPU.
 
     python benchmarks/engine.py [--steps N] [--batch B] [--repeats R] [--threads T]
+                                [--chunk-size C]
 
 Three measurements (results and notes: docs/benchmarks.md, "Engine overhead"):
 
@@ -14,7 +15,8 @@ Three measurements (results and notes: docs/benchmarks.md, "Engine overhead"):
 2. **GDMD cost**: a ``gdmd`` step (K = 4, vary = "t", the cheap ``channel`` reward) against a
    ``dmd`` step through the real loop, plus a timed breakdown of one student update of each.
 3. **Peak memory** of the student step (sample with grad, target strategy, loss, backward):
-   ``gdmd`` (K = 4) against ``dmdr`` with the same differentiable reward (the toy alignment
+   ``gdmd`` (K = 4, and with ``chunk_size``, default the batch) against ``dmdr`` with the same
+   differentiable reward (the toy alignment
    model: a conv image encoder and a transformer text encoder, random weights; its cost does
    not depend on its training). Two measures: the bytes autograd keeps for backward (unique
    storages packed through ``torch.autograd.graph.saved_tensors_hooks``, model weights
@@ -682,7 +684,8 @@ def measure_memory(setup: Setup, seed: int) -> dict[str, float]:
             loss.backward()
         del loss
     events = list(prof.profiler.kineto_results.events())  # type: ignore[union-attr]
-    regions = {e.name(): (e.start_ns(), e.end_ns()) for e in events if e.name() in MEMORY_PHASES}
+    # A phase may run several times in a step (chunked target groups): keep every region.
+    regions = [(e.name(), e.start_ns(), e.end_ns()) for e in events if e.name() in MEMORY_PHASES]
     live = peak = 0
     phase_peak = dict.fromkeys(MEMORY_PHASES, 0)
     for start_ns, nbytes in sorted(
@@ -690,7 +693,7 @@ def measure_memory(setup: Setup, seed: int) -> dict[str, float]:
     ):
         live += nbytes
         peak = max(peak, live)
-        for name, (lo, hi) in regions.items():
+        for name, lo, hi in regions:
             if lo <= start_ns <= hi:
                 phase_peak[name] = max(phase_peak[name], live)
     return {
@@ -707,9 +710,10 @@ MEMORY_PHASES = ("student sample", "teacher (CFG)", "reward", "backward")
 def peak_memory(bench: Bench) -> dict[str, Any]:
     a = bench.args
     reward = bench.alignment()
+    chunked = f"{GDMD}\nchunk_size = {a.chunk_size or a.batch}"
     setups = {
         name: bench.build(t, reward, 1)
-        for name, t in (("dmd", DMD), ("gdmd", GDMD), ("dmdr", DMDR))
+        for name, t in (("dmd", DMD), ("gdmd", GDMD), ("gdmd chunked", chunked), ("dmdr", DMDR))
     }
     results: dict[str, dict[str, list[float]]] = {name: {} for name in setups}
     for seed in range(min(a.repeats, 3)):  # deterministic but for the simulated step count
@@ -723,6 +727,7 @@ def peak_memory(bench: Bench) -> dict[str, Any]:
     }
     for key in ("saved_mb", "peak_mb"):
         out[f"ratio_{key}"] = out["gdmd"][key] / out["dmdr"][key]
+        out[f"ratio_chunked_{key}"] = out["gdmd chunked"][key] / out["dmdr"][key]
     return out
 
 
@@ -808,19 +813,20 @@ def report(bench: Bench, results: dict[str, Any], elapsed: float) -> None:
         ]
         for col in cols:
             t.add_column(col, justify="left" if col == "target" else "right")
-        for name in ("dmd", "gdmd", "dmdr"):
+        for name in ("dmd", "gdmd", "gdmd chunked", "dmdr"):
             t.add_row(
                 name,
                 f"{m[name]['saved_mb']:.2f}",
                 f"{m[name]['peak_mb']:.2f}",
                 *(f"{m[name][f'peak_mb/{p}']:.2f}" for p in MEMORY_PHASES),
             )
-        t.add_row(
-            "gdmd / dmdr",
-            f"{m['ratio_saved_mb']:.2f}",
-            f"{m['ratio_peak_mb']:.2f}",
-            *("" for _ in MEMORY_PHASES),
-        )
+        for label, key in (("gdmd / dmdr", "ratio"), ("gdmd chunked / dmdr", "ratio_chunked")):
+            t.add_row(
+                label,
+                f"{m[f'{key}_saved_mb']:.2f}",
+                f"{m[f'{key}_peak_mb']:.2f}",
+                *("" for _ in MEMORY_PHASES),
+            )
         console.print(t)
     console.print(f"total {elapsed:.0f} s")
 
@@ -836,6 +842,11 @@ def main(argv: list[str] | None = None) -> int:
         "--breakdown-steps", type=int, default=12, help="timed steps of the per-phase breakdown"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        help="[target] chunk_size of the chunked gdmd row of the memory part (default: --batch)",
+    )
     parser.add_argument(
         "--only",
         choices=["overhead", "gdmd", "memory"],

@@ -44,8 +44,8 @@ class GDMDConfig(ComponentConfig):
         None,
         ge=1,
         description="Rows (sample-target pairs) per teacher, critic, decoder and reward call "
-        "when evaluating the B * K targets; None: all at once. [train] batch_size gives the "
-        "activation peak of one plain DMD step. Changes no draw, only float rounding.",
+        "when evaluating the B * K targets; None: all at once. [train] batch_size makes each "
+        "call as large as a plain DMD step's. Changes no draw, only float rounding.",
     )
     scored: Literal["normalised", "unnormalised"] = Field(
         "normalised",
