@@ -1,7 +1,7 @@
 """The toy benchmark: every toy recipe over several seeds, the comparison table, curves, grids.
 
     python benchmarks/toy.py [--seeds 0,1,2] [--steps N] [--recipes gdmd,dmd,...] [--out DIR]
-                             [--jobs J] [--eval-seeds 0,1,2]
+                             [--jobs J] [--eval-seeds 0,1,2] [--tag NAME]
 
 Runs each recipe in ``recipes/toy/`` (same teacher, reward, budget and seeds; only
 ``[target]`` differs) through ``gdmd run``, evaluates every checkpoint on the held-out prompts
@@ -9,7 +9,11 @@ Runs each recipe in ``recipes/toy/`` (same teacher, reward, budget and seeds; on
 many-step setting, and writes ``docs/benchmarks/toy.md`` (mean ± std over seeds),
 ``toy.json``, ``toy_curves.png`` (held-out accuracy and reward against student updates) and
 ``toy_samples.png`` (every model on the same prompts and seeds), and puts the table in
-``docs/benchmarks.md`` between the ``toy-benchmark`` markers. ``--from-json`` redoes the
+``docs/benchmarks.md`` between the ``toy-benchmark`` markers and the paired differences
+(each recipe - ``dmd`` and - teacher, seed by seed, with 95 % t-intervals; FD ratio to
+``dmd``) between the ``toy-paired`` markers. ``--tag NAME`` names the outputs and markers
+instead (``docs/benchmarks/NAME.md``, ``NAME-benchmark``, ``NAME-paired``), so a study on
+other recipes leaves the main table alone. ``--from-json`` redoes the
 table and the curves from a ``toy.json`` without running anything; ``--grid-only`` redoes
 the sample grid from finished runs.
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -141,9 +146,73 @@ def table_markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_benchmarks_md(table: str, path: Path = ROOT / "docs" / "benchmarks.md") -> bool:
-    """Replace the table between the ``toy-benchmark`` markers; False if there are none."""
-    begin, end = "<!-- toy-benchmark:begin -->", "<!-- toy-benchmark:end -->"
+#: Two-sided 97.5 % quantiles of Student's t, by degrees of freedom (95 % intervals).
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
+PAIRED = [("accuracy", 3), ("reward/alignment", 2)]
+
+
+def mean_ci(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95 % t-interval over seeds (the interval is the mean alone for one seed)."""
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return mean, mean, mean
+    half = T_975.get(len(values) - 1, 1.96) * statistics.stdev(values) / len(values) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def _ci_text(values: list[float], digits: int) -> str:
+    mean, low, high = mean_ci(values)
+    return f"{mean:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
+
+
+def paired_markdown(data: dict, baseline: str = "dmd") -> str:
+    """Paired differences over training seeds, with 95 % t-intervals.
+
+    Run ``i`` of every recipe has the same training seed, and every model is evaluated on the
+    same prompts and noise, so each difference is taken seed by seed: recipe - ``baseline``
+    and recipe - teacher (one teacher, so that interval holds training-seed noise only). The
+    FD ratio is the geometric mean over seeds of FD(recipe) / FD(baseline), its interval taken
+    on the log ratios.
+    """
+    students = data["students"]
+    if baseline not in students:
+        return ""
+    teacher = data["teacher"][0]
+    base = students[baseline]
+    header = (
+        "| model | seeds | "
+        + " | ".join(f"{c} - {baseline}" for c, _ in PAIRED)
+        + " | "
+        + " | ".join(f"{c} - teacher" for c, _ in PAIRED)
+        + f" | FD / {baseline} |"
+    )
+    lines = [header, "|---|---:|" + "---:|" * (2 * len(PAIRED) + 1)]
+    for recipe, rows in students.items():
+        if recipe == baseline:
+            continue
+        n = min(len(rows), len(base))
+        cells = [_ci_text([rows[i][c] - base[i][c] for i in range(n)], d) for c, d in PAIRED]
+        cells += [_ci_text([rows[i][c] - teacher[c] for i in range(n)], d) for c, d in PAIRED]
+        logs = [math.log(rows[i]["fd"] / base[i]["fd"]) for i in range(n)]
+        mean, low, high = mean_ci(logs)
+        cells.append(f"{math.exp(mean):.2f} [{math.exp(low):.2f}, {math.exp(high):.2f}]")
+        lines.append(f"| {recipe.replace('_', '-')} | {n} | " + " | ".join(cells) + " |")
+    teacher_cells = [_ci_text([r[c] - teacher[c] for r in base], d) for c, d in PAIRED]
+    lines.append(
+        f"| {baseline} | {len(base)} | "
+        + " | ".join("0" for _ in PAIRED)
+        + " | "
+        + " | ".join(teacher_cells)
+        + " | 1 |"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def update_benchmarks_md(
+    table: str, path: Path = ROOT / "docs" / "benchmarks.md", marker: str = "toy-benchmark"
+) -> bool:
+    """Replace the table between the ``marker`` markers; False if there are none."""
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     text = path.read_text()
     if begin not in text or end not in text:
         return False
@@ -185,14 +254,19 @@ def plot_curves(data: dict, path: Path) -> bool:
     return True
 
 
-def write_docs(data: dict, docs: Path) -> str:
+def write_docs(data: dict, docs: Path, tag: str = "toy") -> str:
+    """``docs/benchmarks/<tag>.md``, ``.json`` and ``_curves.png``; the tables between the
+    ``<tag>-benchmark`` and ``<tag>-paired`` markers of ``docs/benchmarks.md``."""
     table = table_markdown(data)
-    (docs / "toy.md").write_text(table)
-    (docs / "toy.json").write_text(json.dumps(data, indent=1) + "\n")
-    plot_curves(data, docs / "toy_curves.png")
-    if not update_benchmarks_md(table):
-        sys.stderr.write("docs/benchmarks.md has no toy-benchmark markers; table not copied\n")
-    return table
+    paired = paired_markdown(data)
+    (docs / f"{tag}.md").write_text(table + ("\n" + paired if paired else ""))
+    (docs / f"{tag}.json").write_text(json.dumps(data, indent=1) + "\n")
+    plot_curves(data, docs / f"{tag}_curves.png")
+    if not update_benchmarks_md(table, marker=f"{tag}-benchmark"):
+        sys.stderr.write(f"docs/benchmarks.md has no {tag}-benchmark markers; table not copied\n")
+    if paired and not update_benchmarks_md(paired, marker=f"{tag}-paired"):
+        sys.stderr.write(f"docs/benchmarks.md has no {tag}-paired markers; table not copied\n")
+    return table + ("\n" + paired if paired else "")
 
 
 def grid_picks(count: int, columns: int = 8) -> list[int]:
@@ -207,8 +281,11 @@ def evaluate_all(
     eval_seeds: list[int],
     teacher_steps: int,
     docs: Path,
+    tag: str = "toy",
+    curves: bool = True,
 ) -> dict:
-    """Every checkpoint (curves, 120 images) and every final student (``eval_seeds``)."""
+    """Every checkpoint (curves, 120 images; unless ``curves`` is false) and every final
+    student (``eval_seeds``)."""
     pm = build_plugin_manager()
     data: dict = {
         "teacher_steps": teacher_steps,
@@ -231,7 +308,7 @@ def evaluate_all(
                 m = result.metrics
                 start_points[seed] = (0, m["accuracy"], m["reward/alignment"])
             curve = [start_points[seed]]
-            for step, path in complete_checkpoints(run_dir / "checkpoints"):
+            for step, path in complete_checkpoints(run_dir / "checkpoints") if curves else []:
                 at_step = load_run(run_dir, pm, checkpoint=path)
                 result, _, _ = evaluate(at_step, seeds=[0], num_images=120)
                 m = result.metrics
@@ -244,12 +321,14 @@ def evaluate_all(
                     loaded, model="teacher", steps=teacher_steps, seeds=eval_seeds
                 )
                 data["teacher"].append(teacher.metrics)
-    sample_grid({r: run_dirs[(r, seeds[0])] for r in recipes}, teacher_steps, docs)
+    sample_grid({r: run_dirs[(r, seeds[0])] for r in recipes}, teacher_steps, docs, tag)
     return data
 
 
-def sample_grid(run_dirs: dict[str, Path], teacher_steps: int, docs: Path) -> Path:
-    """``toy_samples.png``: the teacher, then each run, on eight held-out prompts spread over
+def sample_grid(
+    run_dirs: dict[str, Path], teacher_steps: int, docs: Path, tag: str = "toy"
+) -> Path:
+    """``<tag>_samples.png``: the teacher, then each run, on eight held-out prompts spread over
     the categories, with the same seeds in every row."""
     pm = build_plugin_manager()
     rows: dict[str, torch.Tensor] = {}
@@ -264,7 +343,7 @@ def sample_grid(run_dirs: dict[str, Path], teacher_steps: int, docs: Path) -> Pa
         rows[recipe.replace("_", "-")] = generate(loaded, shown, picks)
     return save_grid(
         torch.cat(list(rows.values())),
-        docs / "toy_samples.png",
+        docs / f"{tag}_samples.png",
         shown * len(rows),
         ncol=len(shown),
         upscale=4,
@@ -280,6 +359,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "runs" / "toy-benchmark"))
     parser.add_argument("--teacher-steps", type=int, default=50)
     parser.add_argument(
+        "--tag",
+        default="toy",
+        help="name of the outputs (docs/benchmarks/TAG.md, .json, _curves.png, _samples.png) "
+        "and of the TAG-benchmark / TAG-paired markers in docs/benchmarks.md",
+    )
+    parser.add_argument(
         "--jobs",
         type=int,
         default=os.cpu_count() or 1,
@@ -287,6 +372,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--eval-seeds", default="0,1,2", help="image seeds per evaluated model (held-out prompts)"
+    )
+    parser.add_argument(
+        "--no-curves",
+        dest="curves",
+        action="store_false",
+        help="evaluate only the final students, not every checkpoint (no training curves)",
     )
     parser.add_argument(
         "--from-json", default=None, help="only redo table and curves from this toy.json"
@@ -302,7 +393,7 @@ def main() -> None:
     if args.grid_only:
         first = int(args.seeds.split(",")[0])
         runs = {r: Path(args.out) / f"{r}-s{first}" for r in args.recipes.split(",")}
-        sys.stdout.write(f"{sample_grid(runs, args.teacher_steps, docs)}\n")
+        sys.stdout.write(f"{sample_grid(runs, args.teacher_steps, docs, args.tag)}\n")
         return
     if args.from_json:
         data = json.loads(Path(args.from_json).read_text())
@@ -312,10 +403,13 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",")]
         eval_seeds = [int(s) for s in args.eval_seeds.split(",")]
         recipes = args.recipes.split(",")
-        runs = [(r, s) for r in recipes for s in seeds]
+        # Seed by seed, so an interrupted benchmark has every recipe at its first seeds.
+        runs = [(r, s) for s in seeds for r in recipes]
         run_dirs = train_all(runs, args.steps, Path(args.out), args.jobs)
-        data = evaluate_all(run_dirs, recipes, seeds, eval_seeds, args.teacher_steps, docs)
-    sys.stdout.write(write_docs(data, docs))
+        data = evaluate_all(
+            run_dirs, recipes, seeds, eval_seeds, args.teacher_steps, docs, args.tag, args.curves
+        )
+    sys.stdout.write(write_docs(data, docs, args.tag))
 
 
 if __name__ == "__main__":
