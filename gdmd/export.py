@@ -106,8 +106,10 @@ def _load_student(run: _Run) -> SD3Model:
 
     student = run.recipe.get("student", {})
     teacher = run.recipe.get("teacher", {})
+    # The run's dtype, so a merged export is as large on disk as the model it trained.
     config = SD3Config(
         model=str(run.student_dir),
+        dtype=student.get("dtype") or teacher.get("dtype"),
         drop_t5=bool(teacher.get("drop_t5", False)),
         max_sequence_length=int(student.get("max_sequence_length", 256)),
     )
