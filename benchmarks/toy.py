@@ -15,7 +15,8 @@ many-step setting, and writes ``docs/benchmarks/toy.md`` (mean ± std over seeds
 instead (``docs/benchmarks/NAME.md``, ``NAME-benchmark``, ``NAME-paired``), so a study on
 other recipes leaves the main table alone. ``--from-json`` redoes the
 table and the curves from a ``toy.json`` without running anything; ``--grid-only`` redoes
-the sample grid from finished runs.
+the sample grid from finished runs; ``--eval-only`` trains nothing and evaluates the runs of
+``--out`` that finished (the paired table pairs them by training seed).
 
 Training runs ``--jobs`` at a time (default: one per CPU core), each with an equal share of
 the cores as torch threads (small models run best on one thread each) and its output
@@ -178,7 +179,15 @@ def paired_markdown(data: dict, baseline: str = "dmd") -> str:
     if baseline not in students:
         return ""
     teacher = data["teacher"][0]
-    base = students[baseline]
+    # Pair by training seed when the seeds are recorded (runs may be missing), else by order.
+    seeds = data.get("student_seeds", {})
+
+    def by_seed(recipe: str) -> dict[int, dict]:
+        rows = students[recipe]
+        return dict(zip(seeds.get(recipe, range(len(rows))), rows, strict=True))
+
+    base_by_seed = by_seed(baseline)
+    base = list(base_by_seed.values())
     header = (
         "| model | seeds | "
         + " | ".join(f"{c} - {baseline}" for c, _ in PAIRED)
@@ -187,13 +196,18 @@ def paired_markdown(data: dict, baseline: str = "dmd") -> str:
         + f" | FD / {baseline} |"
     )
     lines = [header, "|---|---:|" + "---:|" * (2 * len(PAIRED) + 1)]
-    for recipe, rows in students.items():
+    for recipe in students:
         if recipe == baseline:
             continue
-        n = min(len(rows), len(base))
-        cells = [_ci_text([rows[i][c] - base[i][c] for i in range(n)], d) for c, d in PAIRED]
-        cells += [_ci_text([rows[i][c] - teacher[c] for i in range(n)], d) for c, d in PAIRED]
-        logs = [math.log(rows[i]["fd"] / base[i]["fd"]) for i in range(n)]
+        mine = by_seed(recipe)
+        common = [seed for seed in mine if seed in base_by_seed]
+        if not common:
+            continue
+        pairs = [(mine[seed], base_by_seed[seed]) for seed in common]
+        n = len(pairs)
+        cells = [_ci_text([a[c] - b[c] for a, b in pairs], d) for c, d in PAIRED]
+        cells += [_ci_text([a[c] - teacher[c] for a, _ in pairs], d) for c, d in PAIRED]
+        logs = [math.log(a["fd"] / b["fd"]) for a, b in pairs]
         mean, low, high = mean_ci(logs)
         cells.append(f"{math.exp(mean):.2f} [{math.exp(low):.2f}, {math.exp(high):.2f}]")
         lines.append(f"| {recipe.replace('_', '-')} | {n} | " + " | ".join(cells) + " |")
@@ -298,6 +312,8 @@ def evaluate_all(
     start_points: dict[int, tuple[int, float, float]] = {}
     for recipe in recipes:
         for seed in seeds:
+            if (recipe, seed) not in run_dirs:
+                continue
             run_dir = run_dirs[(recipe, seed)]
             sys.stderr.write(f"evaluating {run_dir.name}\n")
             loaded = load_run(run_dir, pm)
@@ -316,6 +332,7 @@ def evaluate_all(
             data["curves"].setdefault(recipe, []).append(curve)
             result, _, _ = evaluate(loaded, seeds=eval_seeds)
             data["students"].setdefault(recipe, []).append(result.metrics)
+            data.setdefault("student_seeds", {}).setdefault(recipe, []).append(seed)
             if not data["teacher"]:
                 teacher, _, _ = evaluate(
                     loaded, model="teacher", steps=teacher_steps, seeds=eval_seeds
@@ -374,6 +391,11 @@ def main() -> None:
         "--eval-seeds", default="0,1,2", help="image seeds per evaluated model (held-out prompts)"
     )
     parser.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="train nothing: evaluate the runs in --out that finished (an exported student)",
+    )
+    parser.add_argument(
         "--no-curves",
         dest="curves",
         action="store_false",
@@ -405,7 +427,14 @@ def main() -> None:
         recipes = args.recipes.split(",")
         # Seed by seed, so an interrupted benchmark has every recipe at its first seeds.
         runs = [(r, s) for s in seeds for r in recipes]
-        run_dirs = train_all(runs, args.steps, Path(args.out), args.jobs)
+        if args.eval_only:
+            out = Path(args.out)
+            finished = [(r, s) for r, s in runs if (out / f"{r}-s{s}" / "student").is_dir()]
+            for r, s in sorted(set(runs) - set(finished)):
+                sys.stderr.write(f"not evaluated (unfinished): {r}-s{s}\n")
+            run_dirs = {key: out / f"{key[0]}-s{key[1]}" for key in finished}
+        else:
+            run_dirs = train_all(runs, args.steps, Path(args.out), args.jobs)
         data = evaluate_all(
             run_dirs, recipes, seeds, eval_seeds, args.teacher_steps, docs, args.tag, args.curves
         )

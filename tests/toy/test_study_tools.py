@@ -70,6 +70,18 @@ def test_paired_table_takes_differences_seed_by_seed() -> None:
     half = 4.303 * 0.04 / math.sqrt(3)
     assert f"+0.100 [{0.1 - half:+.3f}, {0.1 + half:+.3f}]" in table
     assert toy.paired_markdown({**data, "students": {"gdmd": data["students"]["gdmd"]}}) == ""
+    # A missing run: recorded seeds pair seed 2 with seed 2, not with the next row.
+    partial = {
+        **data,
+        "students": {
+            "gdmd": [row(0.30, 41.0, 10.0), row(0.34, 40.0, 90.0)],
+            "dmd": data["students"]["dmd"],
+        },
+        "student_seeds": {"gdmd": [0, 2], "dmd": [0, 1, 2]},
+    }
+    assert "| gdmd | 2 | +0.050 [+0.050, +0.050] | +1.00 [+1.00, +1.00] |" in toy.paired_markdown(
+        partial
+    )
 
 
 def test_diagnostics_run_end_to_end_on_a_finished_run(gdmd_pm, tmp_path: Path) -> None:
