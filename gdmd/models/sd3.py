@@ -41,7 +41,7 @@ import re
 import warnings
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -139,16 +139,17 @@ class LoRASpec:
     def scale(self) -> float:
         return self.alpha / self.rank
 
-    def peft_config(self) -> Any:
+    def peft_config(self, modules: Sequence[str] | None = None) -> Any:
         """The ``peft.LoraConfig`` of diffusers' own SD3 LoRA training recipe
-        (``examples/dreambooth/train_dreambooth_lora_sd3.py``): gaussian ``A``, zero ``B``."""
+        (``examples/dreambooth/train_dreambooth_lora_sd3.py``): gaussian ``A``, zero ``B``.
+        ``modules``: the full names to adapt (default: every match of the target suffixes)."""
         from peft import LoraConfig
 
         return LoraConfig(
             r=self.rank,
             lora_alpha=self.alpha,
             init_lora_weights="gaussian",
-            target_modules=list(self.targets),
+            target_modules=list(modules if modules is not None else self.targets),
         )
 
 
@@ -156,8 +157,9 @@ def _matches(name: str, target: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
-def _check_targets(transformer: torch.nn.Module, targets: Sequence[str]) -> tuple[str, ...]:
-    """The targets that name at least one ``nn.Linear``; a user's target that names none is an
+def _check_targets(transformer: torch.nn.Module, targets: Sequence[str]) -> list[str]:
+    """Full names of the ``nn.Linear`` modules the target suffixes name, less those that
+    cannot affect the output (:func:`_outputless`); a user's target that names none is an
     error (peft would silently skip it)."""
     # A projection that already carries another role's adapter is peft's wrapper around it.
     linear = [
@@ -180,7 +182,22 @@ def _check_targets(transformer: torch.nn.Module, targets: Sequence[str]) -> tupl
             )
     if not found:
         raise SD3ConfigError(f"lora_targets {list(targets)} match no module of the transformer")
-    return tuple(found)
+    skip = set(_outputless(transformer, found))
+    return [n for n in linear if any(_matches(n, t) for t in found) and n not in skip]
+
+
+def _outputless(transformer: torch.nn.Module, targets: Sequence[str]) -> list[str]:
+    """Targeted projections that cannot affect the output: the text queries (``add_q_proj``)
+    of a block whose text stream ends there (``context_pre_only``, SD3's last block) only
+    feed text outputs that are discarded. An adapter there would never get a gradient, and
+    DDP (which expects a gradient for every trained weight) would stop at the next step."""
+    if not any(_matches("add_q_proj", t) for t in targets):
+        return []
+    return [
+        f"{name}.add_q_proj"
+        for name, module in transformer.named_modules()
+        if getattr(module, "context_pre_only", None) is True and hasattr(module, "add_q_proj")
+    ]
 
 
 def _adapter_key(parts: Sequence[str]) -> tuple[int, str] | None:
@@ -246,14 +263,12 @@ class AdapterHost:
 
     def add(self, name: str, spec: LoRASpec, generator: torch.Generator, trained: bool) -> None:
         """Add adapter ``name``: float32 weights, ``A`` drawn from ``generator``, ``B`` zero."""
-        targets = _check_targets(self.transformer, spec.targets)
+        modules = _check_targets(self.transformer, spec.targets)
         # peft's gaussian init draws A from the global RNG; draw nothing from it, and redraw
         # A below from the run's generator so that builds are seeded.
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*multiple adapters.*")
-            self.transformer.add_adapter(
-                replace(spec, targets=targets).peft_config(), adapter_name=name
-            )
+            self.transformer.add_adapter(spec.peft_config(modules), adapter_name=name)
         weights = []
         for layer_name, param in self.transformer.named_parameters():
             found = _adapter_key(layer_name.split("."))
