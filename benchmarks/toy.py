@@ -16,7 +16,8 @@ instead (``docs/benchmarks/NAME.md``, ``NAME-benchmark``, ``NAME-paired``), so a
 other recipes leaves the main table alone. ``--from-json`` redoes the
 table and the curves from a ``toy.json`` without running anything; ``--grid-only`` redoes
 the sample grid from finished runs; ``--eval-only`` trains nothing and evaluates the runs of
-``--out`` that finished (the paired table pairs them by training seed).
+``--out`` that finished (the paired table pairs them by training seed); ``--train-only``
+trains and stops.
 
 Training runs ``--jobs`` at a time (default: one per CPU core), each with an equal share of
 the cores as torch threads (small models run best on one thread each) and its output
@@ -391,6 +392,9 @@ def main() -> None:
         "--eval-seeds", default="0,1,2", help="image seeds per evaluated model (held-out prompts)"
     )
     parser.add_argument(
+        "--train-only", action="store_true", help="train the runs, evaluate nothing"
+    )
+    parser.add_argument(
         "--eval-only",
         action="store_true",
         help="train nothing: evaluate the runs in --out that finished (an exported student)",
@@ -435,6 +439,8 @@ def main() -> None:
             run_dirs = {key: out / f"{key[0]}-s{key[1]}" for key in finished}
         else:
             run_dirs = train_all(runs, args.steps, Path(args.out), args.jobs)
+            if args.train_only:
+                return
         data = evaluate_all(
             run_dirs, recipes, seeds, eval_seeds, args.teacher_steps, docs, args.tag, args.curves
         )
