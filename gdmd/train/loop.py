@@ -29,6 +29,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -533,12 +534,12 @@ def train(
                                 real_x0=real_x0,
                                 fake_x0=fake_x0,
                                 num_critic_snapshots=len(snapshots),
-                                sample_t=lambda n, d=draws: d.times_for(s.renoise, n),
+                                sample_t=partial(draws.times_for, s.renoise),
                                 decoder=parts.teacher.decoder,
                                 rewards=parts.rewards,
                                 generator=draws.process,
                                 step=step,
-                                sample_noise=lambda n, d=draws: d.noise_for(n, sample_shape),
+                                sample_noise=partial(draws.noise_for, shape=sample_shape),
                                 renoise_range=(s.renoise.low, s.renoise.high),
                             )
                         )
