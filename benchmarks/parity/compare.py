@@ -145,7 +145,7 @@ def table(results: Sequence[Result]) -> str:
         via = f"{r.official_pixels:.1e}" if r.official_pixels is not None else "—"
         lines.append(
             f"| `{r.reward}` | {r.cases} | {r.score_range[0]:.4g} … {r.score_range[1]:.4g} | "
-            f"{r.native:.1e} | {r.resized:.1e} | {via} | {r.torchvision or 'none'} |"
+            f"{r.native:.1e} | {r.resized:.1e} | {via} | {r.torchvision or 'none (main venv)'} |"
         )
     return "\n".join(lines)
 
