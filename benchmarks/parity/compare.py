@@ -91,7 +91,7 @@ def compare(fixture: Path) -> Result:
     started = time.time()
     reward = build_reward(spec["reward"], resolve(fixture, spec["config"]))
     pixels_path = fixture / "official_pixels.pt"
-    official_pixels = torch.load(pixels_path) if pixels_path.exists() else {}
+    official_pixels = torch.load(pixels_path, weights_only=True) if pixels_path.exists() else {}
 
     by_image: dict[str, list[dict[str, Any]]] = {}
     for case in spec["cases"]:

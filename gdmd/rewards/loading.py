@@ -23,6 +23,9 @@ from gdmd.errors import GdmdError
 __all__ = [
     "RewardLoadError",
     "check_keys",
+    "count_blocks",
+    "load_checkpoint",
+    "load_strictly",
     "describe_keys",
     "first_line",
     "is_hub_id",
@@ -157,6 +160,34 @@ def load_torch_state_dict(path: Path, *, who: str) -> dict[str, torch.Tensor]:
             "mapping under 'state_dict')"
         )
     return dict(loaded)
+
+
+def load_checkpoint(
+    source: str, filename: str, *, who: str, revision: str | None, what: str
+) -> tuple[Path, dict[str, torch.Tensor]]:
+    """:func:`resolve_file` of the ``model`` key, then :func:`load_torch_state_dict`."""
+    path = resolve_file(source, filename, who=who, key="model", revision=revision, what=what)
+    assert path is not None  # required=True: a missing file has raised
+    return path, load_torch_state_dict(path, who=who)
+
+
+def load_strictly(
+    module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, who: str, where: Path
+) -> None:
+    """``module.load_state_dict(state, strict=True)``; a mismatch names the tensors."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise RewardLoadError(
+            f"{who}: the checkpoint {where} does not fit: {load_error_details(err)}"
+        ) from err
+
+
+def count_blocks(state: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """How many numbered blocks ``<prefix><i>.`` a state dict holds (highest index + 1)."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    indices = {int(m.group(1)) for k in state if (m := pattern.match(k))}
+    return max(indices) + 1 if indices else 0
 
 
 def describe_keys(keys: Iterable[str]) -> str:

@@ -17,7 +17,6 @@ Nothing of open_clip or torchvision is needed.
 from __future__ import annotations
 
 import html
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +28,9 @@ from gdmd.rewards.clip import CLIPScorer, load_tokenizer
 from gdmd.rewards.loading import (
     RewardLoadError,
     check_keys,
-    load_error_details,
-    load_torch_state_dict,
-    resolve_file,
+    count_blocks,
+    load_checkpoint,
+    load_strictly,
     torch_dtype,
 )
 from gdmd.rewards.preprocess import ResizeLongestPadNormalize
@@ -107,13 +106,13 @@ class Architecture:
             image_size=int(grid * conv.shape[-1]),
             patch_size=int(conv.shape[-1]),
             vision_width=int(conv.shape[0]),
-            vision_layers=_count_blocks(state, "visual.transformer.resblocks."),
+            vision_layers=count_blocks(state, "visual.transformer.resblocks."),
             vision_mlp=int(state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
             vision_heads=vision_heads,
             context_length=int(state["positional_embedding"].shape[0]),
             vocab_size=int(state["token_embedding.weight"].shape[0]),
             text_width=int(state["token_embedding.weight"].shape[1]),
-            text_layers=_count_blocks(state, "transformer.resblocks."),
+            text_layers=count_blocks(state, "transformer.resblocks."),
             text_mlp=int(state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
             text_heads=text_heads,
         )
@@ -157,12 +156,6 @@ class Architecture:
             projection_dim=self.embed_dim,
         )
         return CLIPConfig(text_config=text, vision_config=vision, projection_dim=self.embed_dim)
-
-
-def _count_blocks(state: Mapping[str, torch.Tensor], prefix: str) -> int:
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    indices = {int(m.group(1)) for k in state if (m := pattern.match(k))}
-    return max(indices) + 1 if indices else 0
 
 
 def open_clip_keys(arch: Architecture) -> list[str]:
@@ -289,25 +282,13 @@ def build_hpsv2(config: HPSv2Config, ctx: BuildContext) -> CLIPScorer:
     from transformers import CLIPModel
 
     filename = CHECKPOINTS[config.version]
-    path = resolve_file(
-        config.model or HUB_REPO,
-        filename,
-        who=WHO,
-        key="model",
-        revision=config.revision,
-        what=_WHAT,
+    path, state = load_checkpoint(
+        config.model or HUB_REPO, filename, who=WHO, revision=config.revision, what=_WHAT
     )
-    assert path is not None
-    state = load_torch_state_dict(path, who=WHO)
     arch = Architecture.from_state_dict(state, config.vision_heads, config.text_heads, path)
     check_keys(state, open_clip_keys(arch), who=WHO, where=path)
     model = CLIPModel(arch.clip_config())
-    try:
-        model.load_state_dict(convert_state_dict(state, arch), strict=True)
-    except RuntimeError as err:
-        raise RewardLoadError(
-            f"{WHO}: the checkpoint {path} does not fit: {load_error_details(err)}"
-        ) from err
+    load_strictly(model, convert_state_dict(state, arch), who=WHO, where=path)
     del state
     model = model.to(device=ctx.device, dtype=torch_dtype(config.dtype))
     tokenizer = _open_clip_tokenizer(

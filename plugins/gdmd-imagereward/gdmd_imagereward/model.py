@@ -33,9 +33,10 @@ from gdmd.rewards.clip import load_tokenizer
 from gdmd.rewards.loading import (
     RewardLoadError,
     check_keys,
+    count_blocks,
     first_line,
-    load_error_details,
-    load_torch_state_dict,
+    load_checkpoint,
+    load_strictly,
     resolve_file,
     torch_dtype,
 )
@@ -143,13 +144,13 @@ class Architecture:
             image_size=int(grid * patch.shape[-1]),
             patch_size=int(patch.shape[-1]),
             vision_width=int(patch.shape[0]),
-            vision_layers=_count(state, _VISION + "blocks."),
+            vision_layers=count_blocks(state, _VISION + "blocks."),
             vision_mlp=int(state[_VISION + "blocks.0.mlp.fc1.weight"].shape[0]),
             vision_heads=vision_heads,
             vocab_size=int(words.shape[0]),
             max_positions=int(state[_TEXT + "embeddings.position_embeddings.weight"].shape[0]),
             text_width=int(words.shape[1]),
-            text_layers=_count(state, _TEXT + "encoder.layer."),
+            text_layers=count_blocks(state, _TEXT + "encoder.layer."),
             text_mlp=int(state[_TEXT + "encoder.layer.0.intermediate.dense.weight"].shape[0]),
             text_heads=int(med.get("num_attention_heads", 12)),
             text_eps=float(med.get("layer_norm_eps", 1e-12)),
@@ -164,12 +165,6 @@ class Architecture:
                     f"{WHO}: {key} = {heads} does not divide the {tower} encoder's width {width}"
                 )
         return arch
-
-
-def _count(state: Mapping[str, torch.Tensor], prefix: str) -> int:
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    indices = {int(m.group(1)) for k in state if (m := pattern.match(k))}
-    return max(indices) + 1 if indices else 0
 
 
 class ImageRewardNetwork(nn.Module):
@@ -348,16 +343,9 @@ def _blip_tokenizer(config: ImageRewardConfig) -> Any:
 
 def build_imagereward(config: ImageRewardConfig, ctx: BuildContext) -> ImageRewardScorer:
     """The ``imagereward`` reward from the official ``ImageReward.pt``."""
-    path = resolve_file(
-        config.model or HUB_REPO,
-        CHECKPOINT,
-        who=WHO,
-        key="model",
-        revision=config.revision,
-        what=_WHAT,
+    path, state = load_checkpoint(
+        config.model or HUB_REPO, CHECKPOINT, who=WHO, revision=config.revision, what=_WHAT
     )
-    assert path is not None
-    state = load_torch_state_dict(path, who=WHO)
     med = _read_med_config(config, path)
     arch = Architecture.from_state_dict(state, med, config.vision_heads, path)
     network = ImageRewardNetwork(arch)
@@ -365,12 +353,7 @@ def build_imagereward(config: ImageRewardConfig, ctx: BuildContext) -> ImageRewa
     needed = official_keys(arch, text_keys)
     unused = [k for k in state if _UNUSED.match(k)]
     check_keys(state, needed + unused, who=WHO, where=path)
-    try:
-        network.load_state_dict(convert_state_dict(state), strict=True)
-    except RuntimeError as err:
-        raise RewardLoadError(
-            f"{WHO}: the checkpoint {path} does not fit: {load_error_details(err)}"
-        ) from err
+    load_strictly(network, convert_state_dict(state), who=WHO, where=path)
     del state
     network = network.to(device=ctx.device, dtype=torch_dtype(config.dtype))
     tokenizer = _blip_tokenizer(config)
