@@ -1,7 +1,7 @@
 """The toy benchmark: every toy recipe over several seeds, the comparison table, curves, grids.
 
     python benchmarks/toy.py [--seeds 0,1,2] [--steps N] [--recipes gdmd,dmd,...] [--out DIR]
-                             [--jobs J] [--eval-seeds 0,1,2] [--tag NAME]
+                             [--jobs J] [--threads T] [--eval-seeds 0,1,2] [--tag NAME]
 
 Runs each recipe in ``recipes/toy/`` (same teacher, reward, budget and seeds; only
 ``[target]`` differs) through ``gdmd run``, evaluates every checkpoint on the held-out prompts
@@ -93,14 +93,19 @@ def run_command(recipe: str, seed: int, steps: int | None, output: Path) -> list
 
 
 def train_all(
-    runs: list[tuple[str, int]], steps: int | None, output: Path, jobs: int
+    runs: list[tuple[str, int]],
+    steps: int | None,
+    output: Path,
+    jobs: int,
+    threads: int | None = None,
 ) -> dict[tuple[str, int], Path]:
-    """Train every (recipe, seed), ``jobs`` at a time; returns their run directories."""
+    """Train every (recipe, seed), ``jobs`` at a time with ``threads`` torch threads each
+    (default: an equal share of the cores); returns their run directories."""
     output.mkdir(parents=True, exist_ok=True)
     # Build (and cache) teacher and reward once, so parallel runs do not all train them.
     first_recipe, first_seed = runs[0]
     subprocess.run([*run_command(first_recipe, first_seed, steps, output), "--dry-run"], check=True)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
     def one(recipe: str, seed: int) -> Path:
@@ -126,6 +131,8 @@ def train_all(
 
 
 def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"  # a metric these runs do not have
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
@@ -269,19 +276,54 @@ def plot_curves(data: dict, path: Path) -> bool:
     return True
 
 
-def write_docs(data: dict, docs: Path, tag: str = "toy") -> str:
+def write_docs(
+    data: dict, docs: Path, tag: str = "toy", baselines: tuple[str, ...] = ("dmd",)
+) -> str:
     """``docs/benchmarks/<tag>.md``, ``.json`` and ``_curves.png``; the tables between the
-    ``<tag>-benchmark`` and ``<tag>-paired`` markers of ``docs/benchmarks.md``."""
+    ``<tag>-benchmark`` and ``<tag>-paired`` markers of ``docs/benchmarks.md`` (the first
+    baseline's paired table; each further baseline's between ``<tag>-paired-<baseline>``)."""
     table = table_markdown(data)
-    paired = paired_markdown(data)
-    (docs / f"{tag}.md").write_text(table + ("\n" + paired if paired else ""))
+    text = table
     (docs / f"{tag}.json").write_text(json.dumps(data, indent=1) + "\n")
     plot_curves(data, docs / f"{tag}_curves.png")
     if not update_benchmarks_md(table, marker=f"{tag}-benchmark"):
         sys.stderr.write(f"docs/benchmarks.md has no {tag}-benchmark markers; table not copied\n")
-    if paired and not update_benchmarks_md(paired, marker=f"{tag}-paired"):
-        sys.stderr.write(f"docs/benchmarks.md has no {tag}-paired markers; table not copied\n")
-    return table + ("\n" + paired if paired else "")
+    for i, baseline in enumerate(baselines):
+        paired = paired_markdown(data, baseline)
+        if not paired:
+            sys.stderr.write(f"no {baseline} runs: no paired table against {baseline}\n")
+            continue
+        text += "\n" + paired
+        marker = f"{tag}-paired" if i == 0 else f"{tag}-paired-{baseline}"
+        if not update_benchmarks_md(paired, marker=marker):
+            sys.stderr.write(f"docs/benchmarks.md has no {marker} markers; table not copied\n")
+    (docs / f"{tag}.md").write_text(text)
+    return text
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """One result from several ``toy.json`` files of the same teacher and evaluation noise
+    (runs evaluated in separate invocations); a recipe in two parts is an error."""
+    first = parts[0]
+    for part in parts[1:]:
+        for key in ("teacher_steps", "eval_seeds"):
+            if part.get(key) != first.get(key):
+                raise SystemExit(
+                    f"cannot merge: {key} differs ({first.get(key)} vs {part.get(key)})"
+                )
+        teacher, other = first["teacher"][0]["accuracy"], part["teacher"][0]["accuracy"]
+        if abs(teacher - other) > 1e-3:
+            raise SystemExit(f"cannot merge: another teacher ({teacher:.3f} vs {other:.3f})")
+    merged = {**first, "students": {}, "curves": {}, "student_seeds": {}}
+    for part in parts:
+        for recipe, rows in part["students"].items():
+            if recipe in merged["students"]:
+                raise SystemExit(f"cannot merge: recipe {recipe!r} is in more than one file")
+            merged["students"][recipe] = rows
+            merged["curves"][recipe] = part.get("curves", {}).get(recipe, [])
+            seeds = part.get("student_seeds", {}).get(recipe, list(range(len(rows))))
+            merged["student_seeds"][recipe] = seeds
+    return merged
 
 
 def grid_picks(count: int, columns: int = 8) -> list[int]:
@@ -389,6 +431,12 @@ def main() -> None:
         help="parallel runs (default: one per core)",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per training run (default: the cores divided by --jobs)",
+    )
+    parser.add_argument(
         "--eval-seeds", default="0,1,2", help="image seeds per evaluated model (held-out prompts)"
     )
     parser.add_argument(
@@ -406,7 +454,15 @@ def main() -> None:
         help="evaluate only the final students, not every checkpoint (no training curves)",
     )
     parser.add_argument(
-        "--from-json", default=None, help="only redo table and curves from this toy.json"
+        "--from-json",
+        default=None,
+        help="only redo tables and curves from this toy.json (a comma list: merged, each "
+        "recipe from one file; same teacher and evaluation seeds)",
+    )
+    parser.add_argument(
+        "--baselines",
+        default="dmd",
+        help="paired tables against each of these recipes (comma list; default dmd)",
     )
     parser.add_argument(
         "--grid-only",
@@ -422,10 +478,12 @@ def main() -> None:
         sys.stdout.write(f"{sample_grid(runs, args.teacher_steps, docs, args.tag)}\n")
         return
     if args.from_json:
-        data = json.loads(Path(args.from_json).read_text())
+        data = merge_results([json.loads(Path(f).read_text()) for f in args.from_json.split(",")])
     else:
         if args.jobs < 1:
             parser.error(f"--jobs must be at least 1, got {args.jobs}")
+        if args.threads is not None and args.threads < 1:
+            parser.error(f"--threads must be at least 1, got {args.threads}")
         seeds = [int(s) for s in args.seeds.split(",")]
         eval_seeds = [int(s) for s in args.eval_seeds.split(",")]
         recipes = args.recipes.split(",")
@@ -438,13 +496,13 @@ def main() -> None:
                 sys.stderr.write(f"not evaluated (unfinished): {r}-s{s}\n")
             run_dirs = {key: out / f"{key[0]}-s{key[1]}" for key in finished}
         else:
-            run_dirs = train_all(runs, args.steps, Path(args.out), args.jobs)
+            run_dirs = train_all(runs, args.steps, Path(args.out), args.jobs, args.threads)
             if args.train_only:
                 return
         data = evaluate_all(
             run_dirs, recipes, seeds, eval_seeds, args.teacher_steps, docs, args.tag, args.curves
         )
-    sys.stdout.write(write_docs(data, docs, args.tag))
+    sys.stdout.write(write_docs(data, docs, args.tag, tuple(args.baselines.split(","))))
 
 
 if __name__ == "__main__":

@@ -84,6 +84,64 @@ def test_paired_table_takes_differences_seed_by_seed() -> None:
     )
 
 
+def _row(acc: float, reward: float, fd: float) -> dict[str, float]:
+    return {"accuracy": acc, "reward/alignment": reward, "fd": fd}
+
+
+def _part(students: dict, teacher_acc: float = 0.20) -> dict:
+    return {
+        "teacher_steps": 50,
+        "eval_seeds": [0, 1, 2],
+        "teacher": [_row(teacher_acc, 40.0, 50.0)],
+        "students": students,
+        "curves": {name: [[[0, 0.2, 37.0]]] for name in students},
+        "student_seeds": {name: list(range(len(rows))) for name, rows in students.items()},
+    }
+
+
+def test_results_of_separate_evaluations_merge_and_refuse_mismatches() -> None:
+    a = _part({"dmd": [_row(0.25, 40.0, 20.0), _row(0.21, 41.0, 80.0)]})
+    b = _part({"dmdr": [_row(0.27, 42.0, 200.0), _row(0.22, 42.0, 400.0)]})
+    merged = toy.merge_results([a, b])
+    assert list(merged["students"]) == ["dmd", "dmdr"]
+    assert merged["student_seeds"] == {"dmd": [0, 1], "dmdr": [0, 1]}
+    assert merged["curves"]["dmdr"] == [[[0, 0.2, 37.0]]]
+    with pytest.raises(SystemExit, match="recipe 'dmd' is in more than one file"):
+        toy.merge_results([a, a])
+    with pytest.raises(SystemExit, match="eval_seeds differs"):
+        toy.merge_results([a, {**b, "eval_seeds": [0]}])
+    with pytest.raises(SystemExit, match="another teacher"):
+        toy.merge_results([a, _part(b["students"], teacher_acc=0.30)])
+
+
+def test_docs_get_one_paired_table_per_baseline(tmp_path: Path, monkeypatch) -> None:
+    data = _part(
+        {
+            "gdmd": [_row(0.30, 41.0, 10.0), _row(0.26, 42.0, 40.0)],
+            "dmd": [_row(0.25, 40.0, 20.0), _row(0.21, 41.0, 80.0)],
+            "dmdr": [_row(0.20, 43.0, 100.0), _row(0.16, 44.0, 400.0)],
+        }
+    )
+    md = tmp_path / "benchmarks.md"
+    md.write_text(
+        "<!-- t-paired:begin -->\nold\n<!-- t-paired:end -->\n"
+        "<!-- t-paired-dmdr:begin -->\nold\n<!-- t-paired-dmdr:end -->\n"
+    )
+    original = toy.update_benchmarks_md
+    monkeypatch.setattr(
+        toy, "update_benchmarks_md", lambda table, marker: original(table, md, marker)
+    )
+    monkeypatch.setattr(toy, "plot_curves", lambda data, path: False)
+    text = toy.write_docs(data, tmp_path, "t", ("dmd", "dmdr"))
+    written = md.read_text()
+    assert "old" not in written
+    assert "| gdmd | 2 | +0.050 [+0.050, +0.050] | +1.00 [+1.00, +1.00] |" in written
+    assert "| gdmd | 2 | +0.100 [+0.100, +0.100] | -2.00 [-2.00, -2.00] |" in written
+    assert "accuracy - dmdr" in written and "accuracy - dmd |" in written
+    assert (tmp_path / "t.md").read_text() == text
+    assert (tmp_path / "t.json").exists()
+
+
 def test_diagnostics_run_end_to_end_on_a_finished_run(gdmd_pm, tmp_path: Path) -> None:
     """On random tiny models (nothing trained): every row, finite statistics, JSON-able."""
     import json
