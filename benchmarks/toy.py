@@ -245,7 +245,8 @@ def update_benchmarks_md(
 
 
 def plot_curves(data: dict, path: Path) -> bool:
-    """Held-out accuracy and reward against student updates, one line per run."""
+    """Held-out accuracy and reward against student updates: each recipe's mean over its runs
+    (thick, where the runs share their checkpoint steps) over its runs (thin)."""
     try:
         import matplotlib
     except ImportError:
@@ -256,14 +257,18 @@ def plot_curves(data: dict, path: Path) -> bool:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     teacher = data["teacher"][0]
     for index, (recipe, runs) in enumerate(data["curves"].items()):
-        for i, curve in enumerate(runs):
-            if not curve:
-                continue
+        curves = [curve for curve in runs if curve]
+        label = recipe.replace("_", "-")
+        for curve in curves:
             steps_, acc, rew = zip(*curve, strict=True)
-            label = recipe.replace("_", "-") if i == 0 else None
-            style = {"color": f"C{index}", "marker": "o", "markersize": 3, "alpha": 0.8}
-            axes[0].plot(steps_, acc, label=label, **style)
-            axes[1].plot(steps_, rew, label=label, **style)
+            thin = {"color": f"C{index}", "lw": 0.7, "alpha": 0.35}
+            axes[0].plot(steps_, acc, **thin)
+            axes[1].plot(steps_, rew, **thin)
+        if curves and all([p[0] for p in c] == [p[0] for p in curves[0]] for c in curves):
+            steps_ = [p[0] for p in curves[0]]
+            for axis, column in ((axes[0], 1), (axes[1], 2)):
+                mean = [statistics.mean(c[j][column] for c in curves) for j in range(len(steps_))]
+                axis.plot(steps_, mean, color=f"C{index}", marker="o", ms=3, lw=2, label=label)
     for axis, key in zip(axes, ("accuracy", "reward/alignment"), strict=True):
         axis.axhline(teacher[key], color="k", ls="--", label="teacher (50 steps, CFG)")
         axis.set_xlabel("student updates")
