@@ -76,3 +76,31 @@ def test_sample_rejects_a_folder_that_is_not_a_run(gdmd_pm, tmp_path) -> None:
     )
     assert result.exit_code == 2
     assert "is not a run directory: it has no resolved.toml" in result.output
+
+
+def test_headroom_rows_match_gdmd_eval_on_the_same_noise(gdmd_pm, finished_run) -> None:
+    """benchmarks/headroom.py: one row per teacher step count, then the student's sampler on
+    the teacher's weights; the teacher rows are the images `gdmd eval --teacher` makes."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "headroom.py"
+    spec = importlib.util.spec_from_file_location("_bench_headroom", path)
+    headroom = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(headroom)
+
+    rows = headroom.headroom(finished_run, steps=[1, 3], seeds=[0])
+    assert [(r["model"], r["nfe"]) for r in rows] == [
+        ("teacher, 1 steps", 2),
+        ("teacher, 3 steps", 6),
+        ("student sampler on the teacher", 2),
+    ]
+    result = CliRunner().invoke(
+        make_app(gdmd_pm), ["eval", str(finished_run), "--teacher", "--teacher-steps", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    teacher = json.loads((finished_run / "eval.json").read_text())[0]["metrics"]
+    assert rows[1]["reward/red"] == pytest.approx(teacher["reward/red"], abs=1e-6)
+    assert rows[0]["reward/red"] != pytest.approx(rows[1]["reward/red"], abs=1e-6)
+    table = headroom.markdown(rows)
+    assert table.splitlines()[0] == "| model | NFE | reward/red |"
+    assert "| student sampler on the teacher | 2 | " in table
