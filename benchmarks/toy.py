@@ -245,8 +245,8 @@ def update_benchmarks_md(
 
 
 def plot_curves(data: dict, path: Path) -> bool:
-    """Held-out accuracy and reward against student updates: each recipe's mean over its runs
-    (thick, where the runs share their checkpoint steps) over its runs (thin)."""
+    """Held-out accuracy and reward against student updates: every run as a thin line, and
+    each recipe's mean over its runs as a thick one where the runs share checkpoint steps."""
     try:
         import matplotlib
     except ImportError:
