@@ -244,3 +244,44 @@ class TargetStrategy(Protocol):
     needs_differentiable_reward: bool
 
     def __call__(self, ctx: TargetContext) -> TargetOutput: ...
+
+
+@dataclass
+class ExportInfo:
+    """What a model family needs to know of a finished run to export its student.
+
+    ``student_timesteps`` are the trained few-step times (the student samples at these, with
+    guidance 1.0); ``step`` the student update the weights come from; ``settings`` the
+    student's own validated config (its ``[student]`` table) and ``teacher_settings`` the
+    teacher's, so a family can name the base model and the settings a sampler needs in its
+    model card. ``dtype`` is the run's compute dtype.
+    """
+
+    run_dir: Path
+    run_name: str
+    student_timesteps: list[float]
+    step: int
+    target: str
+    settings: Any = None
+    teacher_settings: Any = None
+    dtype: torch.dtype | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Exportable(Protocol):
+    """A student model that can write itself in a format other tools load.
+
+    A model family declares that it can export by implementing this on the model its
+    factory builds; ``gdmd export`` opens the run, builds the trained student through the
+    registry and dispatches here, so the command knows no family. ``export_formats`` lists
+    the formats (``"lora"``: an adapter file ``load_lora_weights`` reads; ``"merged"``: a
+    full pipeline folder with the student's weights merged in).
+    """
+
+    export_formats: tuple[str, ...]
+
+    def export(self, directory: Path, format: str, info: ExportInfo) -> list[Path]:
+        """Write the student to ``directory`` in ``format``; return the files written (the
+        main file first). Raise :class:`gdmd.errors.GdmdError` naming what is missing."""
+        ...
