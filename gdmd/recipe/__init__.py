@@ -36,8 +36,8 @@ from gdmd.recipe.tables import (
     EvalConfig,
     LogConfig,
     RunConfig,
-    TrainConfig,
 )
+from gdmd.train.config import TrainConfig
 
 __all__ = [
     "REQUIRED_TABLES",

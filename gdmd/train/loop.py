@@ -28,7 +28,6 @@ import json
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import FrameType
@@ -37,92 +36,43 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from gdmd.errors import CheckpointError, GdmdError, NonFiniteError, RunInterrupted
+from gdmd.errors import GdmdError, NonFiniteError, RunInterrupted
 from gdmd.interfaces import (
     Conditioning,
     DiffusionModel,
-    PromptSource,
     TargetContext,
-    TargetStrategy,
-    WeightedReward,
 )
 from gdmd.losses import denoising_loss, group_target_loss
 from gdmd.schedules import RenoiseSampler
-from gdmd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from gdmd.train.checkpoint import latest_checkpoint, save_checkpoint
+from gdmd.train.config import LoopSettings, TrainConfig
 from gdmd.train.distributed import (
     any_process,
-    check_backend,
-    is_fsdp2,
     mean_over_processes,
     stop_together,
 )
 from gdmd.train.randomness import SiteDraws
+from gdmd.train.state import (
+    Components,
+    LoopResult,
+    TrainState,
+    checkpoint_payload,
+    full_tensor,
+    prepare_state,
+    restore_payload,
+    trainable,
+)
 
-
-@dataclass
-class Components:
-    """The built parts of a run, by role."""
-
-    teacher: DiffusionModel
-    student: DiffusionModel
-    critic: DiffusionModel
-    rewards: list[WeightedReward]
-    target: TargetStrategy
-    prompts: PromptSource
-
-
-@dataclass
-class LoopSettings:
-    """The loop's knobs, assembled from the recipe's ``[train]``, ``[teacher]``, ``[student]``."""
-
-    steps: int
-    batch_size: int
-    critic_steps: int
-    student_lr: float
-    critic_lr: float
-    weight_decay: float
-    adam_betas: tuple[float, float]
-    warmup_steps: int
-    grad_clip: float | None
-    renoise: RenoiseSampler
-    backward_simulation: bool
-    ema_decay: float | None
-    checkpoint_every: int
-    keep_checkpoints: int
-    sample_every: int
-    sample_prompts: list[str]
-    log_every: int
-    guidance_scale: float
-    student_timesteps: list[float]
-    gradient_accumulation_steps: int = 1
-    seed: int = 0
-
-
-@dataclass
-class TrainState:
-    """Everything a checkpoint holds, live: the prepared networks (DDP/FSDP2 wrappers, or
-    the modules themselves on one process), their optimizers and schedules, EMA, counter."""
-
-    student: torch.nn.Module
-    critic: torch.nn.Module
-    student_inner: torch.nn.Module
-    critic_inner: torch.nn.Module
-    opt_student: Any
-    opt_critic: Any
-    sched_student: Any
-    sched_critic: Any
-    ema: dict[str, torch.Tensor] | None
-    fsdp2: bool
-    step: int = 0
-
-
-@dataclass
-class LoopResult:
-    step: int
-    metrics: list[dict[str, float]] = field(default_factory=list)
-    stopped_by: str | None = None
-    #: The trained state at the end (for callers that inspect or export it).
-    state: TrainState | None = None
+__all__ = [
+    "Components",
+    "LoopResult",
+    "LoopSettings",
+    "TrainState",
+    "checkpoint_payload",
+    "prepare_state",
+    "restore_payload",
+    "train",
+]
 
 
 class _StopFlag:
@@ -151,18 +101,6 @@ class _StopFlag:
             signal.signal(sig, previous)
 
 
-def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Name -> tensor of the parameters being trained (frozen weights never go to disk)."""
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _warmup(warmup_steps: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
-
-    return factor
-
-
 def _check_finite(value: torch.Tensor, what: str, step: int) -> None:
     if not bool(torch.isfinite(value).all()):
         raise NonFiniteError(
@@ -187,55 +125,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(f"{line}\n" for line in kept))
 
 
-def prepare_state(parts: Components, s: LoopSettings, accelerator: Accelerator) -> TrainState:
-    """Optimizers and schedules for student and critic, prepared by accelerate.
-
-    Only the two trained networks are prepared; the frozen teacher, decoder and rewards never
-    are (accelerate's CPU DDP would wrap a frozen model too, and a prepared model goes into
-    accelerate's state). FSDP2 takes one model per ``prepare`` call, so it gets two.
-    """
-    check_backend(accelerator)
-    opt_student = torch.optim.AdamW(
-        list(parts.student.trainable_parameters()),
-        lr=s.student_lr,
-        betas=s.adam_betas,
-        weight_decay=s.weight_decay,
-    )
-    opt_critic = torch.optim.AdamW(
-        list(parts.critic.trainable_parameters()),
-        lr=s.critic_lr,
-        betas=s.adam_betas,
-        weight_decay=s.weight_decay,
-    )
-    sched_student = torch.optim.lr_scheduler.LambdaLR(opt_student, _warmup(s.warmup_steps))
-    sched_critic = torch.optim.lr_scheduler.LambdaLR(opt_critic, _warmup(s.warmup_steps))
-    fsdp2 = is_fsdp2(accelerator)
-    if fsdp2:
-        student, opt_student = accelerator.prepare(parts.student, opt_student)
-        critic, opt_critic = accelerator.prepare(parts.critic, opt_critic)
-    else:
-        student, critic, opt_student, opt_critic = accelerator.prepare(
-            parts.student, parts.critic, opt_student, opt_critic
-        )
-    student_inner: torch.nn.Module = accelerator.unwrap_model(student)
-    critic_inner: torch.nn.Module = accelerator.unwrap_model(critic)
-    ema = None
-    if s.ema_decay is not None:
-        ema = {n: p.detach().clone() for n, p in _trainable(student_inner).items()}
-    return TrainState(
-        student=student,
-        critic=critic,
-        student_inner=student_inner,
-        critic_inner=critic_inner,
-        opt_student=opt_student,
-        opt_critic=opt_critic,
-        sched_student=sched_student,
-        sched_critic=sched_critic,
-        ema=ema,
-        fsdp2=fsdp2,
-    )
-
-
 @contextlib.contextmanager
 def _gathered(model: torch.nn.Module, fsdp2: bool) -> Any:
     """Whole parameters for a call that is not ``forward`` (``encode_prompts``): FSDP2 gathers
@@ -255,101 +144,12 @@ def _gathered(model: torch.nn.Module, fsdp2: bool) -> Any:
             unit.reshard()
 
 
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """A whole tensor from a sharded one (FSDP2 DTensor); a collective for DTensors."""
-    full_tensor = getattr(t, "full_tensor", None)
-    return full_tensor() if callable(full_tensor) else t
-
-
-def checkpoint_payload(state: TrainState) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(tensors, states)`` for :func:`save_checkpoint`. Under FSDP2 this gathers shards:
-    every process must call it, in the same order."""
-    tensors: dict[str, Any] = {
-        "student": {n: _full(p.detach()) for n, p in _trainable(state.student_inner).items()},
-        "critic": {n: _full(p.detach()) for n, p in _trainable(state.critic_inner).items()},
-    }
-    if state.ema is not None:
-        tensors["ema"] = {n: _full(t) for n, t in state.ema.items()}
-    if state.fsdp2:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_optimizer_state_dict,
-        )
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        optim_student = get_optimizer_state_dict(
-            state.student, state.opt_student.optimizer, options=options
-        )
-        optim_critic = get_optimizer_state_dict(
-            state.critic, state.opt_critic.optimizer, options=options
-        )
-    else:
-        optim_student = state.opt_student.state_dict()
-        optim_critic = state.opt_critic.state_dict()
-    states = {
-        "optim_student": optim_student,
-        "optim_critic": optim_critic,
-        "sched_student": state.sched_student.state_dict(),
-        "sched_critic": state.sched_critic.state_dict(),
-        "counters": {"step": state.step},
-    }
-    return tensors, states
-
-
-def restore_payload(state: TrainState, path: Path, device: torch.device) -> None:
-    """Load a checkpoint written from :func:`checkpoint_payload` into ``state``."""
-    tensors, states = load_checkpoint(path)
-    for role in ("student", "critic", "optim_student", "optim_critic", "counters"):
-        if role not in tensors and role not in states:
-            raise CheckpointError(f"{path} has no {role} files: not a gdmd training checkpoint")
-    for role, module in (("student", state.student_inner), ("critic", state.critic_inner)):
-        expected, saved = set(_trainable(module)), set(tensors[role])
-        if expected != saved:
-            missing, unexpected = sorted(expected - saved), sorted(saved - expected)
-            raise CheckpointError(
-                f"{path} does not hold this run's {role}: missing {missing[:3]}"
-                f"{' ...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
-                f"{' ...' if len(unexpected) > 3 else ''}"
-            )
-    try:
-        _restore(state, tensors, states, device)
-    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-        raise CheckpointError(
-            f"{path} does not fit this run's networks or optimizers ({type(exc).__name__}: {exc})"
-        ) from exc
-
-
-def _restore(
-    state: TrainState, tensors: dict[str, Any], states: dict[str, Any], device: torch.device
-) -> None:
-    if state.fsdp2:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            set_model_state_dict,
-            set_optimizer_state_dict,
-        )
-
-        options = StateDictOptions(full_state_dict=True, strict=False)
-        set_model_state_dict(state.student, tensors["student"], options=options)
-        set_model_state_dict(state.critic, tensors["critic"], options=options)
-        set_optimizer_state_dict(
-            state.student, state.opt_student.optimizer, states["optim_student"], options=options
-        )
-        set_optimizer_state_dict(
-            state.critic, state.opt_critic.optimizer, states["optim_critic"], options=options
-        )
-    else:
-        state.student_inner.load_state_dict(tensors["student"], strict=False)
-        state.critic_inner.load_state_dict(tensors["critic"], strict=False)
-        state.opt_student.load_state_dict(states["optim_student"])
-        state.opt_critic.load_state_dict(states["optim_critic"])
-    if state.ema is not None and "ema" in tensors:
-        with torch.no_grad():
-            for name, value in state.ema.items():
-                value.copy_(tensors["ema"][name].to(device))
-    state.sched_student.load_state_dict(states["sched_student"])
-    state.sched_critic.load_state_dict(states["sched_critic"])
-    state.step = int(states["counters"]["step"])
+def renoise_sampler(train: TrainConfig) -> RenoiseSampler:
+    """The renoise-time sampler ``[train]`` describes."""
+    low, high = train.renoise_range
+    return RenoiseSampler(
+        low, high, beta=train.renoise_beta, anneal_steps=train.renoise_anneal_steps
+    )
 
 
 def train(
@@ -370,6 +170,7 @@ def train(
     sampler can split its prompts over the processes.
     """
     s = settings
+    renoise = renoise_sampler(s.train)
     device = accelerator.device
     checkpoint_root = run_dir / "checkpoints"
     metrics_path = run_dir / "metrics.jsonl"
@@ -386,8 +187,8 @@ def train(
     sample_shape = tuple(parts.student.sample_shape)
     snapshots_wanted = int(getattr(parts.target, "critic_snapshots", 0))
     # This process's samples in the global batch of every draw site.
-    first = accelerator.process_index * s.batch_size
-    my_samples = range(first, first + s.batch_size)
+    first = accelerator.process_index * s.train.batch_size
+    my_samples = range(first, first + s.train.batch_size)
 
     # 2. Resume: every trainable tensor, optimizer and scheduler state, EMA, counter. The
     # random stream needs no state (it is a function of the step).
@@ -409,15 +210,15 @@ def train(
         # Backward simulation (DMD2 §4.5): run the student from noise, without grad, to a
         # random one of its timesteps (the same for the whole global batch), re-noise its x0
         # there, and predict from it.
-        b = s.batch_size
+        b = s.train.batch_size
         i = draws.shared_index(len(timesteps))
         x_t = draws.noise(sample_shape)
         with torch.no_grad(), accelerator.autocast():
-            steps_before = range(i) if s.backward_simulation else range(min(i, 1))
+            steps_before = range(i) if s.train.backward_simulation else range(min(i, 1))
             for j in steps_before:
                 t_j = timesteps[j].expand(b).to(device)
                 x0 = student(x_t, t_j, cond)
-                t_next = timesteps[j + 1 if s.backward_simulation else i].expand(b).to(device)
+                t_next = timesteps[j + 1 if s.train.backward_simulation else i].expand(b).to(device)
                 x_t = schedule.add_noise(x0, draws.noise(sample_shape).to(x0.dtype), t_next)
         t_i = timesteps[i].expand(b).to(device)
         context = contextlib.nullcontext() if with_grad else torch.no_grad()
@@ -431,9 +232,9 @@ def train(
 
     def clip_and_check(model: torch.nn.Module, what: str, step: int) -> float:
         params = trainable_params[id(model)]
-        max_norm = s.grad_clip if s.grad_clip is not None else float("inf")
+        max_norm = s.train.grad_clip if s.train.grad_clip is not None else float("inf")
         norm_t = torch.as_tensor(
-            _full(torch.as_tensor(accelerator.clip_grad_norm_(params, max_norm)))
+            full_tensor(torch.as_tensor(accelerator.clip_grad_norm_(params, max_norm)))
         )
         failure: GdmdError | None = None
         try:
@@ -464,7 +265,7 @@ def train(
     result = LoopResult(step=state.step, state=state)
     with _StopFlag() as stop:
         step = state.step
-        while step < s.steps:
+        while step < s.train.steps:
             step_start = time.perf_counter()
             metrics: dict[str, float] = {}
 
@@ -473,7 +274,7 @@ def train(
             snapshots.clear()
             critic_losses: list[float] = []
             critic_norms: list[float] = []
-            for inner in range(s.critic_steps):
+            for inner in range(s.train.critic_steps):
                 state.opt_critic.zero_grad(set_to_none=True)
                 for micro in range(s.gradient_accumulation_steps):
                     draws = draws_at(step, "critic", inner, micro)
@@ -484,7 +285,7 @@ def train(
                         try:
                             _, cond = draw_prompts(draws)
                             x = student_sample(cond, draws, with_grad=False).detach()
-                            t = draws.times(s.renoise)
+                            t = draws.times(renoise)
                             noise = draws.noise(sample_shape).to(x.dtype)
                             x_t = schedule.add_noise(x, noise, t)
                             with accelerator.autocast():
@@ -504,7 +305,7 @@ def train(
                 state.sched_critic.step()
                 if snapshots_wanted:
                     snapshots.append(
-                        {n: p.detach().clone() for n, p in _trainable(state.critic_inner).items()}
+                        {n: p.detach().clone() for n, p in trainable(state.critic_inner).items()}
                     )
                     del snapshots[:-snapshots_wanted]
             metrics["critic/loss"] = sum(critic_losses) / len(critic_losses)
@@ -534,13 +335,13 @@ def train(
                                 real_x0=real_x0,
                                 fake_x0=fake_x0,
                                 num_critic_snapshots=len(snapshots),
-                                sample_t=partial(draws.times_for, s.renoise),
+                                sample_t=partial(draws.times_for, renoise),
                                 decoder=parts.teacher.decoder,
                                 rewards=parts.rewards,
                                 generator=draws.process,
                                 step=step,
                                 sample_noise=partial(draws.noise_for, shape=sample_shape),
-                                renoise_range=(s.renoise.low, s.renoise.high),
+                                renoise_range=(renoise.low, renoise.high),
                             )
                         )
                         _check_finite(out.targets, "DMD target", step)
@@ -560,10 +361,10 @@ def train(
             state.opt_student.step()
             state.sched_student.step()
             metrics["student/loss"] = sum(student_losses) / len(student_losses)
-            if state.ema is not None and s.ema_decay is not None:
-                decay = s.ema_decay
+            if state.ema is not None and s.train.ema_decay is not None:
+                decay = s.train.ema_decay
                 with torch.no_grad():
-                    for name, p in _trainable(state.student_inner).items():
+                    for name, p in trainable(state.student_inner).items():
                         state.ema[name].mul_(decay).add_(p.detach(), alpha=1.0 - decay)
             step += 1
             state.step = step
@@ -574,7 +375,7 @@ def train(
             # 5. Logging, samples, checkpoints, and a clean stop on SIGTERM/SIGINT. Metrics
             # are means over the processes; only the main process writes.
             metrics = mean_over_processes(accelerator, metrics)
-            if step % s.log_every == 0 or step == s.steps:
+            if step % s.log_every == 0 or step == s.train.steps:
                 record = {"step": step, **metrics}
                 result.metrics.append(record)
                 if main:
@@ -583,18 +384,20 @@ def train(
                     accelerator.log(metrics, step=step)
             if on_step is not None:
                 on_step(step, metrics)
-            if on_sample is not None and s.sample_every and step % s.sample_every == 0:
+            if on_sample is not None and s.train.sample_every and step % s.train.sample_every == 0:
                 on_sample(step, _with_ema(state.student_inner, state.ema))
 
             # Every process must agree to stop at the same step, or one would wait for the
             # others in the next step's collectives.
             interrupted = any_process(accelerator, stop.signal is not None)
-            due = s.checkpoint_every and step % s.checkpoint_every == 0
-            if due or interrupted or step == s.steps:
+            due = s.train.checkpoint_every and step % s.train.checkpoint_every == 0
+            if due or interrupted or step == s.train.steps:
                 tensors, states = checkpoint_payload(state)
                 accelerator.wait_for_everyone()
                 if main:
-                    save_checkpoint(checkpoint_root, step, tensors, states, keep=s.keep_checkpoints)
+                    save_checkpoint(
+                        checkpoint_root, step, tensors, states, keep=s.train.keep_checkpoints
+                    )
                 accelerator.wait_for_everyone()
             if interrupted:
                 received = stop.signal if stop.signal is not None else signal.SIGTERM
