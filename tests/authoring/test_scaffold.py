@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from gdmd import PLUGIN_API_VERSION, __version__
 from gdmd.cli import make_app
 from gdmd.manager import GdmdPluginManager
-from gdmd.plugin_scaffold import ScaffoldError, scaffold_plugin
+from gdmd.scaffold import ScaffoldError, scaffold_plugin
 
 KINDS = ("reward", "target", "model")
 
