@@ -6,6 +6,7 @@ from typing import Any
 
 from gdmd import hookimpl
 from gdmd.registry import Register
+from gdmd.rewards.aesthetic_config import AestheticConfig
 from gdmd.rewards.clip_config import CLIPScoreConfig, PickScoreConfig
 from gdmd.rewards.simple import BrightnessConfig, ChannelConfig, build_brightness, build_channel
 
@@ -20,6 +21,12 @@ def _pickscore(config: PickScoreConfig, ctx: Any) -> Any:
     from gdmd.rewards.clip import build_pickscore
 
     return build_pickscore(config, ctx)
+
+
+def _aesthetic(config: AestheticConfig, ctx: Any) -> Any:
+    from gdmd.rewards.aesthetic import build_aesthetic
+
+    return build_aesthetic(config, ctx)
 
 
 @hookimpl
@@ -68,4 +75,11 @@ def gdmd_register_rewards(register: Register) -> None:
         _pickscore,
         config=PickScoreConfig,
         summary="PickScore, logit_scale.exp() * cos (yuvalkirstain/PickScore_v1); differentiable",
+    )
+    register(
+        "aesthetic",
+        _aesthetic,
+        config=AestheticConfig,
+        summary="LAION aesthetic predictor v2, an MLP on the CLIP ViT-L/14 image embedding "
+        "(ignores the prompt); differentiable",
     )
