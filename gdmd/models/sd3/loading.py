@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,28 +50,8 @@ def build_sd3(config: SD3Config, ctx: BuildContext) -> SD3Model:
         )
     dtype = _DTYPES[config.dtype] if config.dtype is not None else ctx.dtype
     source = ctx.components.get("init_from")
-    saved_lora: tuple[LoRASpec, dict[str, torch.Tensor]] | None = None
-    shift: float | None
-
-    host: AdapterHost | SD3Transformer2DModel
     if source is not None:
-        if not isinstance(source, SD3Model):
-            raise SD3ConfigError(
-                f"an sd3 {role} can only init_from another sd3 model, got {type(source).__name__}"
-            )
-        _check_same_pipeline(config, source)
-        shared = source.shared
-        if _shares_base(config, role, source, dtype, ctx):
-            host = source.host
-            base = source.base
-        else:
-            host = _plain_copy(source, merge=True).to(ctx.device)
-            if host.dtype != dtype:
-                host.to(dtype)
-            # With LoRA merged in, the copy matches no saved weights.
-            base = source.base if source.lora is None else None
-        resolution = config.resolution or source.resolution
-        shift = config.shift if config.shift is not None else source.schedule.shift
+        loaded = _from_source(config, role, source, dtype, ctx)
     else:
         if config.model is None:
             raise SD3ConfigError(
@@ -83,43 +64,68 @@ def build_sd3(config: SD3Config, ctx: BuildContext) -> SD3Model:
                 "model it is initialised from"
             )
         loaded = _load(config, dtype, ctx.device)
-        shared, host, base, saved_lora = (
-            loaded.shared,
-            loaded.transformer,
-            loaded.base,
-            loaded.lora,
-        )
-        resolution = config.resolution or loaded.resolution
-        shift = config.shift if config.shift is not None else loaded.shift
 
     model = SD3Model(
-        host,
-        shared,
+        loaded.transformer,
+        loaded.shared,
         role=role,
-        resolution=resolution,
-        shift=shift,
+        resolution=config.resolution or loaded.resolution,
+        shift=config.shift if config.shift is not None else loaded.shift,
         max_sequence_length=config.max_sequence_length,
         compute_dtype=dtype,
-        base=base,
+        base=loaded.base,
     )
-    if saved_lora is not None:
-        spec, weights = saved_lora
-        if config.lora_rank is not None and config.lora_rank != spec.rank:
-            raise SD3ConfigError(
-                f"{config.model} holds LoRA weights of rank {spec.rank}, but lora_rank is "
-                f"{config.lora_rank}; leave lora_rank unset to continue from them"
-            )
-        model.add_lora(spec, ctx.generator)
-        _load_lora_weights(model, weights, config.model or "")
-    elif config.lora_rank is not None:
-        alpha = config.lora_alpha if config.lora_alpha is not None else float(config.lora_rank)
-        model.add_lora(LoRASpec(config.lora_rank, alpha, config.lora_targets), ctx.generator)
+    _add_lora(model, config, loaded.lora, ctx.generator)
     if config.gradient_checkpointing:
         model.transformer.enable_gradient_checkpointing()
     model.apply_role()
     if model.role != "teacher" and model.lora is None:
         model.base = None  # fully trainable: its weights will leave any saved copy behind
     return model
+
+
+def _from_source(
+    config: SD3Config, role: str, source: Any, dtype: torch.dtype, ctx: BuildContext
+) -> _Loaded:
+    """The parts of a model built with ``init_from``: the source's shared components, and its
+    transformer (shared base) or a copy of it with any LoRA merged in."""
+    if not isinstance(source, SD3Model):
+        raise SD3ConfigError(
+            f"an sd3 {role} can only init_from another sd3 model, got {type(source).__name__}"
+        )
+    _check_same_pipeline(config, source)
+    host: AdapterHost | SD3Transformer2DModel
+    if _shares_base(config, role, source, dtype, ctx):
+        host = source.host
+        base = source.base
+    else:
+        host = _plain_copy(source, merge=True).to(ctx.device)
+        if host.dtype != dtype:
+            host.to(dtype)
+        # With LoRA merged in, the copy matches no saved weights.
+        base = source.base if source.lora is None else None
+    return _Loaded(source.shared, host, base, None, source.resolution, source.schedule.shift)
+
+
+def _add_lora(
+    model: SD3Model,
+    config: SD3Config,
+    saved: tuple[LoRASpec, dict[str, torch.Tensor]] | None,
+    generator: torch.Generator,
+) -> None:
+    """Give ``model`` the LoRA it was saved with (and its weights), or the config's new one."""
+    if saved is not None:
+        spec, weights = saved
+        if config.lora_rank is not None and config.lora_rank != spec.rank:
+            raise SD3ConfigError(
+                f"{config.model} holds LoRA weights of rank {spec.rank}, but lora_rank is "
+                f"{config.lora_rank}; leave lora_rank unset to continue from them"
+            )
+        model.add_lora(spec, generator)
+        _load_lora_weights(model, weights, config.model or "")
+    elif config.lora_rank is not None:
+        alpha = config.lora_alpha if config.lora_alpha is not None else float(config.lora_rank)
+        model.add_lora(LoRASpec(config.lora_rank, alpha, config.lora_targets), generator)
 
 
 def _shares_base(
@@ -189,7 +195,7 @@ def _same_local_dir(a: str, b: str) -> bool:
 @dataclass
 class _Loaded:
     shared: SD3SharedComponents
-    transformer: SD3Transformer2DModel
+    transformer: AdapterHost | SD3Transformer2DModel
     base: ModelRef | None
     lora: tuple[LoRASpec, dict[str, torch.Tensor]] | None
     resolution: int | None
@@ -347,7 +353,8 @@ def _load_pipeline(
         )
     except (OSError, ValueError) as err:
         raise SD3LoadError(
-            f"cannot load the SD3 pipeline {_describe(ref)}: {_first_line(err)}. {_OFFLINE_HINT}"
+            f"cannot load the SD3 pipeline {_describe(ref)}: {_first_line(err)}. "
+            f"{_hint(err, ref)}"
         ) from err
 
 
@@ -365,8 +372,45 @@ def _load_transformer(ref: ModelRef, dtype: torch.dtype) -> SD3Transformer2DMode
     except (OSError, ValueError) as err:
         where = _describe(ref) + (f" (subfolder {ref.subfolder!r})" if ref.subfolder else "")
         raise SD3LoadError(
-            f"cannot load the SD3 transformer {where}: {_first_line(err)}. {_OFFLINE_HINT}"
+            f"cannot load the SD3 transformer {where}: {_first_line(err)}. {_hint(err, ref)}"
         ) from err
+
+
+#: What the hub says when a repository needs its licence accepted (SD3, SD3.5) or a token.
+_DENIED = re.compile(r"\bgated\b|\b40[13]\b.*\berror\b|\berror\b.*\b40[13]\b", re.IGNORECASE)
+
+
+def _access_denied(err: BaseException) -> bool:
+    """Whether loading failed because the hub refused access: a ``GatedRepoError``, or an
+    HTTP 401/403, anywhere in the chain of exceptions diffusers wraps it in."""
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
+
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, GatedRepoError):
+            return True
+        status = getattr(getattr(current, "response", None), "status_code", None)
+        if isinstance(current, HfHubHTTPError) and status in (401, 403):
+            return True
+        if _DENIED.search(str(current)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _hint(err: BaseException, ref: ModelRef) -> str:
+    """The offline hint, or, when the hub refused access, how to get it."""
+    if not _access_denied(err):
+        return _OFFLINE_HINT
+    return (
+        f"The hub refused access: {ref.model} is a gated model (SD3 and SD3.5 are), which "
+        f"needs its licence accepted. Open https://huggingface.co/{ref.model} while logged in "
+        "and accept the licence, then log in here with `huggingface-cli login` (or `hf auth "
+        "login`), or set HF_TOKEN to an access token of that account. Or point `model` at a "
+        "local copy of the pipeline (a directory with model_index.json)."
+    )
 
 
 def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
