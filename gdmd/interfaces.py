@@ -254,7 +254,12 @@ class ExportInfo:
     guidance 1.0); ``step`` the student update the weights come from; ``settings`` the
     student's own validated config (its ``[student]`` table) and ``teacher_settings`` the
     teacher's, so a family can name the base model and the settings a sampler needs in its
-    model card. ``dtype`` is the run's compute dtype.
+    model card. ``dtype`` is the run's compute dtype: what a merged export is saved in.
+
+    For the model card: ``target`` is the target kind and ``target_options`` its settings,
+    ``rewards`` maps each reward label to ``{"kind", "weight", "normalise"}``,
+    ``teacher_guidance_scale`` is the teacher's CFG scale in training and ``recipe_text`` the
+    run's ``resolved.toml``.
     """
 
     run_dir: Path
@@ -265,6 +270,10 @@ class ExportInfo:
     settings: Any = None
     teacher_settings: Any = None
     dtype: torch.dtype | None = None
+    target_options: dict[str, Any] = field(default_factory=dict)
+    rewards: dict[str, dict[str, Any]] = field(default_factory=dict)
+    teacher_guidance_scale: float | None = None
+    recipe_text: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 

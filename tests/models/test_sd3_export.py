@@ -1,13 +1,19 @@
-"""``gdmd export`` on a finished tiny SD3 run: what diffusers loads is the student."""
+"""``gdmd export`` on a finished tiny SD3 run: what diffusers loads is the student, the model
+card's snippet draws ``gdmd sample``'s image, and a run without ``student/`` exports alike."""
 
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from gdmd.cli import make_app
@@ -19,6 +25,8 @@ pytest.importorskip("diffusers")
 pytest.importorskip("peft")
 
 from diffusers import StableDiffusion3Pipeline  # noqa: E402
+
+from gdmd.models.sd3.export import CARD_FOLDER, CARD_PROMPT  # noqa: E402
 
 PROMPTS = ["a red cat", "two blue dogs"]
 TIMESTEPS = [1.0, 0.75, 0.5, 0.25]
@@ -44,10 +52,28 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, sd3_pipeline_dir: Path) ->
 
 @pytest.fixture(scope="module")
 def student(run_dir: Path) -> Any:
-    """gdmd's own student, loaded from the run."""
-    from gdmd.export import _load_student, _read_run
+    """gdmd's own student, opened from the run."""
+    from gdmd.manager import build_plugin_manager
+    from gdmd.run.rundir import RunDir
 
-    return _load_student(_read_run(run_dir))
+    pm = build_plugin_manager(load_entrypoints=False)
+    return RunDir.existing(run_dir).open(pm, rewards=False, device="cpu").student
+
+
+@pytest.fixture(scope="module")
+def lora_export(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("exports") / "lora"
+    result = _cli("export", str(run_dir), str(out))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def merged_export(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("exports") / "merged"
+    result = _cli("export", str(run_dir), str(out), "--format", "merged")
+    assert result.exit_code == 0, result.output
+    return out
 
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,11 +121,9 @@ def _generates(pipe: Any) -> None:
 
 
 def test_lora_export_loads_with_load_lora_weights_as_the_student(
-    run_dir: Path, student: Any, sd3_pipeline_dir: Path, tmp_path: Path
+    lora_export: Path, student: Any, sd3_pipeline_dir: Path
 ) -> None:
-    out = tmp_path / "lora"
-    result = _cli("export", str(run_dir), str(out))
-    assert result.exit_code == 0, result.output
+    out = lora_export
     assert (out / "pytorch_lora_weights.safetensors").is_file()
 
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -121,14 +145,15 @@ def test_lora_export_loads_with_load_lora_weights_as_the_student(
     assert str(TIMESTEPS) in card and "load_lora_weights" in card
     assert '[reward.red]\nkind = "channel"' in card  # the resolved recipe
     assert "`red`: `channel`, weight 1.0" in card
+    assert f"| max_sequence_length (T5 tokens) | {T5_TOKENS} |" in card
+    assert "| T5 text encoder | used |" in card
+    assert "| teacher guidance scale in training | 2 |" in card
 
 
 def test_merged_export_is_a_pipeline_that_is_the_student(
-    run_dir: Path, student: Any, tmp_path: Path
+    merged_export: Path, student: Any
 ) -> None:
-    out = tmp_path / "merged"
-    result = _cli("export", str(run_dir), str(out), "--format", "merged")
-    assert result.exit_code == 0, result.output
+    out = merged_export
     pipe: Any = StableDiffusion3Pipeline.from_pretrained(out)
     assert not any("lora" in name for name, _ in pipe.transformer.named_parameters())
     assert pipe.scheduler.config.stochastic_sampling and pipe.scheduler.config.shift == 1.0
@@ -138,10 +163,59 @@ def test_merged_export_is_a_pipeline_that_is_the_student(
     )
     _generates(pipe)
     assert json.loads((out / "gdmd_export.json").read_text())["timesteps"] == TIMESTEPS
-    assert "sigmas=[1.0, 0.75, 0.5, 0.25]" in (out / "README.md").read_text()
+    assert f"sigmas={TIMESTEPS}" in (out / "README.md").read_text()
 
 
-def test_export_errors_exit_2_with_a_message(run_dir: Path, tmp_path: Path) -> None:
+def _card_snippet(export: Path) -> str:
+    card = (export / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", card, re.S)
+    assert code is not None, card
+    return code.group(1).replace(CARD_FOLDER, str(export))
+
+
+def test_the_card_snippet_draws_gdmd_samples_image(
+    run_dir: Path, lora_export: Path, merged_export: Path, tmp_path: Path
+) -> None:
+    """The card's diffusers code (run as written, diffusers alone, on the CPU) draws the image
+    ``gdmd sample`` writes for the same prompt and seed, through all four stochastic steps."""
+    (tmp_path / "prompts.txt").write_text(CARD_PROMPT + "\n")
+    result = _cli(
+        "sample", str(run_dir), "--prompts-file", str(tmp_path / "prompts.txt"),
+        "--out", str(tmp_path / "sampled"), "--seed", "0",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    sampled = np.asarray(Image.open(tmp_path / "sampled" / "00000.png"), dtype=np.int16)
+
+    for export in (lora_export, merged_export):
+        namespace: dict[str, Any] = {}
+        exec(compile(_card_snippet(export), str(export / "README.md"), "exec"), namespace)
+        drawn = np.asarray(namespace["image"], dtype=np.int16)
+        assert drawn.shape == sampled.shape == (16, 16, 3)
+        # Equal up to one step of uint8 rounding ((x + 1) / 2 versus x / 2 + 0.5).
+        assert int(np.abs(drawn - sampled).max()) <= 1, export.name
+        assert float(sampled.std()) > 0
+
+
+def test_export_reads_the_student_from_the_checkpoint(
+    run_dir: Path, lora_export: Path, tmp_path: Path
+) -> None:
+    """An FSDP2 run writes no student/ folder: export reads the newest checkpoint alike."""
+    copy = tmp_path / "runs" / "tiny-sd3"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "student")
+    out = tmp_path / "from-checkpoint"
+    result = _cli("export", str(copy), str(out))
+    assert result.exit_code == 0, result.output
+    ours = load_file(str(out / "pytorch_lora_weights.safetensors"))
+    reference = load_file(str(lora_export / "pytorch_lora_weights.safetensors"))
+    assert ours.keys() == reference.keys() and len(ours) > 0
+    for key, value in reference.items():
+        torch.testing.assert_close(ours[key], value, rtol=0, atol=0)
+
+
+def test_export_errors_exit_2_with_a_message(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     missing = _cli("export", str(tmp_path / "nope"), str(tmp_path / "out"))
     assert missing.exit_code == 2 and "does not exist" in missing.output
 
@@ -150,12 +224,20 @@ def test_export_errors_exit_2_with_a_message(run_dir: Path, tmp_path: Path) -> N
     taken = _cli("export", str(run_dir), str(existing))
     assert taken.exit_code == 2 and "already exists" in taken.output
 
-    tiny = tmp_path / "tiny-run"
-    tiny.mkdir()
-    (tiny / "resolved.toml").write_text('[teacher]\nkind = "tiny-unet"\n\n[student]\n')
-    wrong = _cli("export", str(tiny), str(tmp_path / "out"))
-    assert wrong.exit_code == 2 and "'tiny-unet' model" in wrong.output
-
     bad = _cli("export", str(run_dir), str(tmp_path / "out"), "--format", "onnx")
-    assert bad.exit_code == 2 and "lora, merged" in bad.output
-    assert not (tmp_path / "out").exists()
+    assert bad.exit_code == 2 and "'sd3' student exports as lora, merged" in bad.output
+    assert "'onnx'" in bad.output and not (tmp_path / "out").exists()
+
+    from gdmd.run.rundir import RunDir
+
+    real_open = RunDir.open
+
+    def open_with_a_plain_student(self: RunDir, pm: Any, **options: Any) -> Any:
+        run = real_open(self, pm, **options)
+        run.student = torch.nn.Linear(1, 1)  # a model whose family cannot export
+        return run
+
+    monkeypatch.setattr(RunDir, "open", open_with_a_plain_student)
+    plain = _cli("export", str(run_dir), str(tmp_path / "out"))
+    assert plain.exit_code == 2 and "'sd3' model, which cannot export" in plain.output
+    assert "Exportable" in plain.output and not (tmp_path / "out").exists()

@@ -284,29 +284,39 @@ def _view(module: torch.nn.Module, own: str | None) -> torch.nn.Module:
     return view
 
 
-def _plain_copy(model: SD3Model, merge: bool = True) -> SD3Transformer2DModel:
+def _plain_copy(
+    model: SD3Model, merge: bool = True, dtype: torch.dtype | None = None
+) -> SD3Transformer2DModel:
     """A copy of ``model``'s transformer without peft layers: the model's own LoRA merged into
     the weights (``merge=True``) or dropped, every other role's adapter dropped.
 
-    The merge is ``W + (alpha / r) B A`` in float32, rounded once to ``W``'s dtype.
+    The merge is ``W + (alpha / r) B A`` computed in float32 and rounded once, to ``dtype``
+    (default: ``W``'s dtype). Rounded in bfloat16 instead, a delta of about one bfloat16 step
+    of ``W`` (what a learning rate of 1e-6 gives) would be partly lost.
     """
     plain = copy.deepcopy(model.host.transformer)
-    if not getattr(plain, "_hf_peft_config_loaded", False):
-        return plain
-    own = model.adapter
-    if merge and own is not None:
-        from peft.tuners.lora import LoraLayer
-
-        scale = model.host.specs[own].scale
-        with torch.no_grad():
-            for layer in plain.modules():
-                if isinstance(layer, LoraLayer) and own in layer.lora_A:
-                    base = layer.get_base_layer()
-                    delta = layer.lora_B[own].weight.float() @ layer.lora_A[own].weight.float()
-                    merged = base.weight.float() + scale * delta
-                    base.weight.copy_(merged.to(base.weight.dtype))
-    plain.unload_lora()
+    if getattr(plain, "_hf_peft_config_loaded", False):
+        own = model.adapter
+        if merge and own is not None:
+            _merge_in_float32(plain, own, model.host.specs[own].scale, dtype)
+        plain.unload_lora()
+    if dtype is not None and plain.dtype != dtype:
+        plain.to(dtype)
     return plain
+
+
+def _merge_in_float32(
+    transformer: SD3Transformer2DModel, adapter: str, scale: float, dtype: torch.dtype | None
+) -> None:
+    from peft.tuners.lora import LoraLayer
+
+    with torch.no_grad():
+        for layer in transformer.modules():
+            if isinstance(layer, LoraLayer) and adapter in layer.lora_A:
+                base = layer.get_base_layer()
+                delta = layer.lora_B[adapter].weight.float() @ layer.lora_A[adapter].weight.float()
+                merged = base.weight.float() + scale * delta
+                base.weight.data = merged.to(dtype or base.weight.dtype)
 
 
 def save_lora_file(model: SD3Model, directory: str | Path) -> Path:

@@ -41,3 +41,9 @@ class SD3ConfigError(GdmdError):
 
     exit_code = 2
 
+
+
+class SD3ExportError(GdmdError):
+    """An sd3 model cannot be exported in the format asked for."""
+
+    exit_code = 2

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from gdmd.errors import ContractError
-from gdmd.interfaces import Conditioning
+from gdmd.interfaces import Conditioning, ExportInfo
 from gdmd.models.sd3.adapters import (
     AdapterHost,
     LoRASpec,
@@ -256,6 +256,19 @@ class SD3Model(torch.nn.Module):
                 "lora": {"rank": lora.rank, "alpha": lora.alpha, "targets": list(lora.targets)},
             }
         (directory / SAVE_METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+
+    # ------------------------------------------------------------------ Exportable protocol
+
+    #: What :meth:`export` writes (see :mod:`gdmd.models.sd3.export`).
+    export_formats: tuple[str, ...] = ("lora", "merged")
+
+    def export(self, directory: Path, format: str, info: ExportInfo) -> list[Path]:
+        """Write this (trained student) model for diffusers: ``lora`` (a LoRA file that
+        ``load_lora_weights`` reads on the base pipeline) or ``merged`` (a complete
+        pipeline), each with a model card; returns the files written, the main one first."""
+        from gdmd.models.sd3.export import export_sd3
+
+        return export_sd3(self, Path(directory), format, info)
 
     # ----------------------------------------------------------------------- LoRA and roles
 
