@@ -49,6 +49,16 @@ def gdmd_register_models(register: Register) -> None:
     can fill (a recipe that puts it in another role is an error). A student or critic table
     of the teacher's kind inherits the teacher's keys, so make options that only a student
     needs (LoRA rank, ...) optional.
+
+    Exporting: a family whose student can be written for other tools (``gdmd export``)
+    implements :class:`gdmd.interfaces.Exportable` on the model its factory builds: a class
+    attribute ``export_formats`` (e.g. ``("lora", "merged")``) and ``export(directory,
+    format, info) -> list[Path]``, where ``info`` is a :class:`gdmd.interfaces.ExportInfo`
+    (the trained timesteps, the run's dtype, the student's and teacher's configs, what the
+    model card needs). ``gdmd export`` opens the run, loads the trained student from its
+    newest checkpoint and calls ``export`` on a fresh folder; a family without it is refused
+    with a message naming the family. Raise a :class:`gdmd.errors.GdmdError` for a student
+    that cannot be written in the format asked for.
     """
 
 
