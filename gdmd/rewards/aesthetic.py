@@ -42,7 +42,14 @@ from gdmd.rewards.loading import (
 )
 from gdmd.rewards.preprocess import ResizeCropNormalize
 
-__all__ = ["AestheticConfig", "AestheticHead", "AestheticScorer", "build_aesthetic"]
+__all__ = [
+    "AestheticConfig",
+    "AestheticHead",
+    "AestheticScorer",
+    "CLIPImageEmbedder",
+    "build_aesthetic",
+    "load_clip_image_embedder",
+]
 
 _HEAD_WHAT = (
     f"the published {AESTHETIC_HEAD_FILE} (from "
@@ -72,61 +79,100 @@ class AestheticHead(nn.Module):
         return self.layers(embeddings).squeeze(-1)
 
 
-class AestheticScorer(BatchedReward):
-    """``head(normalised CLIP image embedding)``; ignores the prompts (beyond counting them)."""
+class CLIPImageEmbedder:
+    """The image side of a transformers ``CLIPModel``: images in ``[0, 1]`` -> L2-normalised
+    embeddings, through the tensor version of the model's image processor (differentiable).
 
-    def __init__(
-        self,
-        model: Any,
-        head: AestheticHead,
-        transform: ResizeCropNormalize,
-        *,
-        name: str = "aesthetic",
-        batch_size: int,
-    ) -> None:
-        device = next(model.parameters()).device
-        super().__init__(name, device, batch_size)
+    The ``aesthetic`` reward reads these embeddings, and :mod:`gdmd.eval.frechet` measures
+    distances between sets of them.
+    """
+
+    def __init__(self, model: Any, transform: ResizeCropNormalize) -> None:
         self.model = model.eval().requires_grad_(False)
+        self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.head = head.to(device=device, dtype=torch.float32).eval().requires_grad_(False)
         self.transform = transform
 
-    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
-        """L2-normalised CLIP image embeddings ``[B, D]`` in float32 (with grad)."""
-        pixels = self.transform(images.float()).to(self.dtype)
+    @property
+    def dim(self) -> int:
+        """The embedding width (the model's ``projection_dim``)."""
+        return int(self.model.config.projection_dim)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` in ``[0, 1]`` -> ``[B, dim]`` float32, unit norm (with grad)."""
+        pixels = self.transform(images.float().to(self.device)).to(self.dtype)
         pooled = self.model.vision_model(pixel_values=pixels).pooler_output
         embeddings = self.model.visual_projection(pooled).float()
         return embeddings / embeddings.norm(dim=-1, keepdim=True)
 
-    def score_batch(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        return self.head(self.image_embeddings(images))
 
+def load_clip_image_embedder(
+    source: str,
+    *,
+    who: str,
+    revision: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+    crop_offsets: str = "floor",
+) -> CLIPImageEmbedder:
+    """A :class:`CLIPImageEmbedder` of a hub id or local CLIP directory, loaded strictly.
 
-def build_aesthetic(config: AestheticConfig, ctx: BuildContext) -> AestheticScorer:
-    """The ``aesthetic`` reward: the LAION aesthetic predictor v2 (about 1 to 10)."""
-    who = "reward 'aesthetic'"
+    The transform comes from the directory's ``preprocessor_config.json`` (CLIP's standard
+    one at the model's image size without it); ``crop_offsets`` is ``"floor"`` for
+    transformers' processor, ``"round"`` for torchvision's ``CenterCrop`` (OpenAI's ``clip``
+    package). Errors name ``who``.
+    """
     model = load_clip_model(
-        config.model,
-        who=who,
-        revision=config.revision,
-        dtype=torch_dtype(config.dtype),
-        device=ctx.device,
+        source, who=who, revision=revision, dtype=dtype, device=device or torch.device("cpu")
     )
     preprocessor = resolve_file(
-        config.model,
+        source,
         "preprocessor_config.json",
         who=who,
         key="model",
-        revision=config.revision,
+        revision=revision,
         what=_CLIP_WHAT,
         required=False,
     )
     image_size = int(model.config.vision_config.image_size)
     transform = image_transform_from_processor(preprocessor, image_size, who=who)
+    return CLIPImageEmbedder(model, dataclasses.replace(transform, crop_offsets=crop_offsets))
+
+
+class AestheticScorer(BatchedReward):
+    """``head(normalised CLIP image embedding)``; ignores the prompts (beyond counting them)."""
+
+    def __init__(
+        self,
+        embedder: CLIPImageEmbedder,
+        head: AestheticHead,
+        *,
+        name: str = "aesthetic",
+        batch_size: int,
+    ) -> None:
+        super().__init__(name, embedder.device, batch_size)
+        self.embedder = embedder
+        self.head = head.to(device=embedder.device, dtype=torch.float32)
+        self.head.eval().requires_grad_(False)
+
+    def score_batch(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        return self.head(self.embedder(images))
+
+
+def build_aesthetic(config: AestheticConfig, ctx: BuildContext) -> AestheticScorer:
+    """The ``aesthetic`` reward: the LAION aesthetic predictor v2 (about 1 to 10)."""
+    who = "reward 'aesthetic'"
     # OpenAI's clip package crops with torchvision's CenterCrop, which rounds the offsets.
-    transform = dataclasses.replace(transform, crop_offsets="round")
+    embedder = load_clip_image_embedder(
+        config.model,
+        who=who,
+        revision=config.revision,
+        dtype=torch_dtype(config.dtype),
+        device=ctx.device,
+        crop_offsets="round",
+    )
     path = resolve_file(config.head, AESTHETIC_HEAD_FILE, who=who, key="head", what=_HEAD_WHAT)
     assert path is not None  # required=True: a missing file has raised
-    head = AestheticHead(int(model.config.projection_dim))
+    head = AestheticHead(embedder.dim)
     load_strictly(head, load_torch_state_dict(path, who=who), who=who, where=path)
-    return AestheticScorer(model, head, transform, batch_size=config.batch_size)
+    return AestheticScorer(embedder, head, batch_size=config.batch_size)

@@ -89,7 +89,7 @@ def test_score_is_the_head_on_the_normalised_embedding(clip_dir, head_file, ctx)
 
 def test_openai_clip_crop_offsets_are_used(clip_dir, head_file, ctx):
     reward = build_aesthetic(AestheticConfig(model=str(clip_dir), head=str(head_file)), ctx)
-    assert reward.transform == ResizeCropNormalize(32, (32, 32), crop_offsets="round")
+    assert reward.embedder.transform == ResizeCropNormalize(32, (32, 32), crop_offsets="round")
 
 
 def test_reward_contract_and_gradient(clip_dir, head_file, ctx):
@@ -102,7 +102,7 @@ def test_reward_contract_and_gradient(clip_dir, head_file, ctx):
     reward(images, ["x", "y"]).sum().backward()
     assert images.grad is not None and torch.isfinite(images.grad).all()
     assert images.grad.abs().sum() > 0
-    assert all(p.grad is None for p in reward.model.parameters())
+    assert all(p.grad is None for p in reward.embedder.model.parameters())
     assert all(p.grad is None for p in reward.head.parameters())
 
 
