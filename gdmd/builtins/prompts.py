@@ -1,61 +1,44 @@
-"""Built-in prompt sources: ``list`` (prompts written in the recipe) and ``text-file``.
+"""Built-in prompt sources: ``list`` (prompts written in the recipe), ``text-file`` (a prompt a
+line), ``table`` (a column of a JSONL, CSV, TSV or Parquet file), ``hf-dataset`` (a column of
+a Hugging Face dataset) and ``toy``.
 
-Both return a :class:`gdmd.interfaces.PromptSource`: training prompts are drawn uniformly
+Each returns a :class:`gdmd.interfaces.PromptSource`: training prompts are drawn uniformly
 with replacement using the generator the loop passes in, so a run's prompt stream is
-reproducible and resumes exactly.
+reproducible and resumes exactly. The sources live in :mod:`gdmd.prompts`; this module only
+registers them (and keeps the names other modules import from here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field
 
 from gdmd import hookimpl
 from gdmd.config import ComponentConfig
-from gdmd.errors import GdmdError
+from gdmd.prompts.files import (
+    TablePromptsConfig,
+    TextFilePromptsConfig,
+    build_table,
+    build_text_file,
+    read_prompt_file,
+)
+from gdmd.prompts.hf import HFDatasetPromptsConfig, build_hf_dataset
+from gdmd.prompts.source import PromptFileError, PromptList
 from gdmd.registry import Register
 
 if TYPE_CHECKING:
-    import torch
-
     from gdmd.interfaces import BuildContext
 
+__all__ = [
+    "ListPromptsConfig",
+    "PromptFileError",
+    "PromptList",
+    "TextFilePromptsConfig",
+    "read_prompt_file",
+]
+
 Prompt = Annotated[str, Field(min_length=1)]
-
-
-class PromptFileError(GdmdError):
-    """A prompt file is missing, unreadable or empty."""
-
-    exit_code = 2
-
-
-class PromptList:
-    """A fixed list of training prompts plus a fixed list of evaluation prompts."""
-
-    def __init__(self, prompts: Sequence[str], eval_prompts: Sequence[str] = ()) -> None:
-        if not prompts:
-            raise ValueError("a prompt source needs at least one training prompt")
-        self.prompts = list(prompts)
-        self.eval_prompts = list(eval_prompts)
-
-    def sample(self, n: int, generator: torch.Generator) -> list[str]:
-        """``n`` training prompts drawn uniformly with replacement using ``generator``."""
-        import torch
-
-        indices = torch.randint(
-            len(self.prompts), (n,), generator=generator, device=generator.device
-        )
-        return [self.prompts[i] for i in indices.tolist()]
-
-    def evaluation_prompts(self) -> list[str]:
-        """The evaluation prompts (possibly empty)."""
-        return list(self.eval_prompts)
-
-    def __len__(self) -> int:
-        return len(self.prompts)
 
 
 class ListPromptsConfig(ComponentConfig):
@@ -67,43 +50,14 @@ class ListPromptsConfig(ComponentConfig):
     )
 
 
-class TextFilePromptsConfig(ComponentConfig):
-    """Prompts read from text files, one per line; blank lines are skipped."""
-
-    path: str = Field(
-        min_length=1, description="Training prompts file (relative to the working directory)."
-    )
-    eval_path: str | None = Field(None, description="Optional evaluation prompts file.")
-
-
-def read_prompt_file(path: str | Path) -> list[str]:
-    """The non-blank lines of a UTF-8 text file, stripped; a missing, unreadable or empty
-    file raises :class:`PromptFileError` naming it."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PromptFileError(f"prompt file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PromptFileError(f"cannot read prompt file {path}: {exc}") from None
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise PromptFileError(f"prompt file {path} has no prompts (it is empty or blank)")
-    return prompts
-
-
 def build_list(config: ListPromptsConfig, ctx: BuildContext) -> PromptList:
     return PromptList(config.prompts, config.eval_prompts)
 
 
-def build_text_file(config: TextFilePromptsConfig, ctx: BuildContext) -> PromptList:
-    eval_prompts = read_prompt_file(config.eval_path) if config.eval_path else []
-    return PromptList(read_prompt_file(config.path), eval_prompts)
-
-
 @hookimpl
 def gdmd_register_prompts(register: Register) -> None:
-    """Register the ``list``, ``text-file`` and ``toy`` prompt sources."""
+    """Register the ``list``, ``text-file``, ``table``, ``hf-dataset`` and ``toy`` prompt
+    sources."""
     from gdmd.toy.factories import ToyPromptsConfig, build_toy_prompts
 
     register(
@@ -117,6 +71,19 @@ def gdmd_register_prompts(register: Register) -> None:
         build_text_file,
         config=TextFilePromptsConfig,
         summary="Prompts read from text files, one per line (path, eval_path).",
+    )
+    register(
+        "table",
+        build_table,
+        config=TablePromptsConfig,
+        summary="A column of a JSONL, CSV, TSV or Parquet file (path, column).",
+    )
+    register(
+        "hf-dataset",
+        build_hf_dataset,
+        config=HFDatasetPromptsConfig,
+        summary="A column of a Hugging Face dataset: hub id or local folder (name or path, "
+        "split, column, streaming).",
     )
     register(
         "toy",

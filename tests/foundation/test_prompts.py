@@ -1,4 +1,4 @@
-"""The built-in prompt sources ``list`` and ``text-file``."""
+"""The built-in prompt sources ``list`` and ``text-file`` (the data sources: tests/prompts/)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gdmd.builtins.prompts import PromptFileError, PromptList
+from gdmd.errors import RecipeError
 from gdmd.interfaces import PromptSource
 from gdmd.recipe import parse_recipe
 
@@ -48,8 +49,9 @@ def test_text_file_source(fake_pm: Any, tmp_path: Path) -> None:
 
 def test_text_file_errors_name_the_file(fake_pm: Any, tmp_path: Path) -> None:
     missing = tmp_path / "missing.txt"
-    with pytest.raises(PromptFileError, match=f"prompt file {missing} does not exist"):
+    with pytest.raises(RecipeError) as info:
         build_prompts(fake_pm, {"kind": "text-file", "path": str(missing)})
+    assert info.value.problems == [f"x.toml: [prompts] path: prompt file {missing} does not exist"]
     blank = tmp_path / "blank.txt"
     blank.write_text("\n  \n", encoding="utf-8")
     with pytest.raises(PromptFileError, match=f"prompt file {blank} has no prompts"):
