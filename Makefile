@@ -43,7 +43,7 @@ PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 # torch first, so pip does not pick a torch build for gdmd's dependencies on its own.
 $(STAMP): pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,plots]' \
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,plots,data]' \
 		$(foreach p,$(PLUGINS),-e $(p))
 	touch $@
 
