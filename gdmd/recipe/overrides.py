@@ -49,6 +49,8 @@ def parse_override(text: str) -> Override:
     path: list[str] = []
     node: Any = parsed_key
     while isinstance(node, dict):
+        if len(node) != 1:  # e.g. "#x": a comment, so no key at all
+            raise OverrideSyntaxError(f"{key!r} is not a valid dotted key")
         ((name, node),) = node.items()
         path.append(name)
     try:
