@@ -311,8 +311,9 @@ def _merge_in_float32(
     from peft.tuners.lora import LoraLayer
 
     with torch.no_grad():
-        for layer in transformer.modules():
-            if isinstance(layer, LoraLayer) and adapter in layer.lora_A:
+        for module in transformer.modules():
+            layer: Any = module  # peft types its per-adapter weights as bare modules
+            if isinstance(module, LoraLayer) and adapter in layer.lora_A:
                 base = layer.get_base_layer()
                 delta = layer.lora_B[adapter].weight.float() @ layer.lora_A[adapter].weight.float()
                 merged = base.weight.float() + scale * delta
