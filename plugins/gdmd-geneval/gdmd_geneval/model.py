@@ -58,6 +58,7 @@ __all__ = [
     "ColorClassifier",
     "Detector",
     "GenEvalEvaluator",
+    "InputGeometry",
     "Mask2FormerDetector",
     "build_evaluator",
     "load_mask2former",
@@ -100,58 +101,91 @@ class ColorClassifier(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Geometry:
-    """Mask2Former's input geometry, read from its ``preprocessor_config.json``."""
+class InputGeometry:
+    """How images become Mask2Former's input, read from its ``preprocessor_config.json``.
 
-    shortest_edge: int | None
-    longest_edge: int | None
-    fixed: tuple[int, int] | None
-    divisor: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    The size rule is transformers' (``shortest_edge`` / ``longest_edge``, or a fixed
+    ``height`` / ``width``); the resized image is then zero-padded at the bottom and right to a
+    multiple of ``size_divisor``, as mmdet pads (transformers' own processor stretches it to
+    the multiple instead). Pixel values follow the processor's arithmetic: the 8-bit value
+    times ``rescale_factor`` (when ``do_rescale``), minus ``image_mean``, over ``image_std``.
+    """
+
+    shortest_edge: int | None = 800
+    longest_edge: int | None = 1333
+    fixed: tuple[int, int] | None = None
+    divisor: int = 32
+    #: What a pixel in [0, 1] is multiplied by before the mean is subtracted.
+    scale: float = 1.0
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
     @classmethod
-    def from_file(cls, path: Path | None) -> _Geometry:
-        cfg: dict[str, Any] = {}
-        if path is not None:
-            try:
-                cfg = json.loads(path.read_text())
-            except (OSError, ValueError) as err:
-                raise RewardLoadError(f"{WHO}: cannot read {path}: {first_line(err)}") from err
+    def from_file(cls, path: Path | None) -> InputGeometry:
+        """The geometry a ``preprocessor_config.json`` describes (the defaults without one)."""
+        if path is None:
+            return cls()
+        try:
+            cfg = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise RewardLoadError(f"{WHO}: cannot read {path}: {first_line(err)}") from err
         size = cfg.get("size", {"shortest_edge": 800, "longest_edge": 1333})
+        if isinstance(size, int):
+            size = {"shortest_edge": size, "longest_edge": cfg.get("max_size")}
+        if not isinstance(size, dict):
+            raise RewardLoadError(f"{WHO}: {path}: unsupported size {size!r}")
         if not cfg.get("do_resize", True):
             size = {}
-        if isinstance(size, int):
-            size = {"shortest_edge": size}
         fixed = None
         if "height" in size and "width" in size:
             fixed = (int(size["height"]), int(size["width"]))
+        rescale = float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1
         normalise = cfg.get("do_normalize", True)
         return cls(
             shortest_edge=size.get("shortest_edge"),
-            longest_edge=size.get("longest_edge"),
+            longest_edge=size.get("longest_edge") or size.get("max_size"),
             fixed=fixed,
             divisor=int(cfg.get("size_divisor", 32) or 1),
-            mean=tuple(cfg.get("image_mean", (0.485, 0.456, 0.406))) if normalise else (0, 0, 0),
-            std=tuple(cfg.get("image_std", (0.229, 0.224, 0.225))) if normalise else (1, 1, 1),
+            scale=255.0 * rescale,
+            mean=tuple(cfg.get("image_mean", cls.mean)) if normalise else (0.0, 0.0, 0.0),
+            std=tuple(cfg.get("image_std", cls.std)) if normalise else (1.0, 1.0, 1.0),
         )
 
     def resized(self, height: int, width: int) -> tuple[int, int]:
-        """The size the image is resized to (aspect kept unless a fixed size is set)."""
+        """The (height, width) an image is resized to: the shorter side to ``shortest_edge``
+        unless that makes the longer side exceed ``longest_edge``, the other side truncated,
+        as transformers' ``get_size_with_aspect_ratio`` computes it."""
         if self.fixed is not None:
             return self.fixed
         if self.shortest_edge is None:
             return height, width
-        scale = self.shortest_edge / min(height, width)
-        if self.longest_edge is not None and max(height, width) * scale > self.longest_edge:
-            scale = self.longest_edge / max(height, width)
-        return max(1, round(height * scale)), max(1, round(width * scale))
+        short, long = min(height, width), max(height, width)
+        target = float(self.shortest_edge)
+        if self.longest_edge is not None and long / short * target > self.longest_edge:
+            target = self.longest_edge * short / long
+        side = round(target)
+        if short == side:
+            return height, width
+        other = int(target * long / short)
+        return (other, side) if width < height else (side, other)
+
+    def pixels(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Images ``[B, 3, H, W]`` in ``[0, 1]`` -> padded model input and the resized size."""
+        size = self.resized(*images.shape[-2:])
+        pixels = images.float()
+        if size != tuple(images.shape[-2:]):
+            pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
+        mean = torch.tensor(self.mean, device=pixels.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=pixels.device).view(1, -1, 1, 1)
+        pixels = (pixels * self.scale - mean) / std
+        pad_h, pad_w = -size[0] % self.divisor, -size[1] % self.divisor
+        return F.pad(pixels, (0, pad_w, 0, pad_h)), size
 
 
 class Mask2FormerDetector:
     """A transformers Mask2Former as GenEval's object detector (see the module docstring)."""
 
-    def __init__(self, model: Any, geometry: _Geometry, batch_size: int = 4) -> None:
+    def __init__(self, model: Any, geometry: InputGeometry, batch_size: int = 4) -> None:
         self.model = model.eval().requires_grad_(False)
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -163,21 +197,6 @@ class Mask2FormerDetector:
         ]
         self.labels = frozenset(self.class_names)
 
-    def _pixels(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        geometry = self.geometry
-        height, width = images.shape[-2:]
-        size = geometry.resized(height, width)
-        pixels = images.float()
-        if size != (height, width):
-            pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False)
-        mean = torch.tensor(geometry.mean, device=pixels.device).view(1, 3, 1, 1)
-        std = torch.tensor(geometry.std, device=pixels.device).view(1, 3, 1, 1)
-        pixels = (pixels - mean) / std
-        pad_h = -size[0] % geometry.divisor
-        pad_w = -size[1] % geometry.divisor
-        pixels = F.pad(pixels, (0, pad_w, 0, pad_h))
-        return pixels.to(self.device, self.dtype), size
-
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, min_score: float = 0.0) -> list[list[Detection]]:
         """Detections with a score above ``min_score``, per image, most confident first."""
@@ -188,7 +207,8 @@ class Mask2FormerDetector:
 
     def _detect(self, images: torch.Tensor, min_score: float) -> list[list[Detection]]:
         height, width = images.shape[-2:]
-        pixels, valid = self._pixels(images)
+        pixels, valid = self.geometry.pixels(images)
+        pixels = pixels.to(self.device, self.dtype)
         outputs = self.model(pixel_values=pixels)
         class_logits = outputs.class_queries_logits.float()  # [B, Q, C + 1]
         mask_logits = outputs.masks_queries_logits.float()  # [B, Q, h, w]
@@ -384,7 +404,7 @@ def build_evaluator(config: GenEvalConfig, device: torch.device | str = "cpu") -
     device = torch.device(device)
     dtype = torch_dtype(config.dtype)
     model, preprocessor = load_mask2former(config.detector, dtype=dtype, device=device)
-    detector = Mask2FormerDetector(model, _Geometry.from_file(preprocessor), config.batch_size)
+    detector = Mask2FormerDetector(model, InputGeometry.from_file(preprocessor), config.batch_size)
     missing = sorted(set(GENEVAL_CLASSES) - detector.labels)
     if missing:
         raise RewardLoadError(

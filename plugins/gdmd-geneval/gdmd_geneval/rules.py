@@ -322,12 +322,12 @@ class Rules:
     ) -> list[Detection]:
         """The kept detections whose colour the clauses will read (so a classifier can be
         run on those only)."""
-        wanted: list[Detection] = []
+        wanted: dict[int, Detection] = {}  # by identity: equal detections are distinct objects
         for clause in spec.include:
             found = list(kept.get(clause.label, ()))[: clause.count]
             if clause.color is not None and len(found) >= clause.count:
-                wanted += [d for d in found if d not in wanted]
-        return wanted
+                wanted.update((id(d), d) for d in found)
+        return list(wanted.values())
 
     def judge(self, spec: PromptSpec, kept: Mapping[str, Sequence[Detection]]) -> Verdict:
         """Judge the clauses of ``spec`` on the kept detections (from :meth:`select`).

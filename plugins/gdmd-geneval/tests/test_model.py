@@ -15,7 +15,12 @@ from gdmd.testing import assert_reward_contract
 from gdmd.testing.tiny_rewards import save_tiny_clip
 from gdmd_geneval.config import GenEvalConfig
 from gdmd_geneval.evaluate import evaluate_folder, evaluate_images
-from gdmd_geneval.model import COCO_TO_GENEVAL, ClipColorClassifier, Mask2FormerDetector
+from gdmd_geneval.model import (
+    COCO_TO_GENEVAL,
+    ClipColorClassifier,
+    InputGeometry,
+    Mask2FormerDetector,
+)
 from gdmd_geneval.prompts import GENEVAL_CLASSES
 from gdmd_geneval.reward import build_geneval
 from gdmd_geneval.rules import COLORS, Detection, GenEvalSpecError, PromptSpec, Rules
@@ -99,6 +104,34 @@ def test_detections_are_ranked_instances_with_boxes_that_bound_their_masks(model
             rows = d.mask.any(1).nonzero().flatten()
             cols = d.mask.any(0).nonzero().flatten()
             assert d.box == (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+
+
+@pytest.mark.parametrize("size", [(480, 640), (640, 480), (100, 2000), (2000, 100), (800, 900)])
+def test_resizing_follows_transformers_size_rule(size):
+    from transformers.image_transforms import get_size_with_aspect_ratio
+
+    geometry = InputGeometry(shortest_edge=800, longest_edge=1333)
+    assert geometry.resized(*size) == tuple(get_size_with_aspect_ratio(size, 800, 1333))
+
+
+def test_input_pixels_follow_the_processor_arithmetic(tmp_path):
+    unit = {"size": {"shortest_edge": 40, "longest_edge": 60}, "size_divisor": 32,
+            "image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.25, 0.5]}  # fmt: skip
+    bytes_scale = {**unit, "do_rescale": False, "image_mean": [127.5, 102.0, 76.5],
+                   "image_std": [51.0, 63.75, 127.5], "size": 40, "max_size": 60}  # fmt: skip
+    images = _images(2, size=(30, 50))
+    results = []
+    for name, cfg in (("unit", unit), ("bytes", bytes_scale)):
+        (tmp_path / name).write_text(json.dumps(cfg))
+        results.append(InputGeometry.from_file(tmp_path / name).pixels(images))
+    (first, size), (second, size2) = results
+    # 40 / 30 * 50 > 60: the longer side is capped at 60, the shorter becomes 36.
+    assert size == size2 == (36, 60) and first.shape == (2, 3, 64, 64)
+    torch.testing.assert_close(first, second)
+    torch.testing.assert_close(first[:, :, :36, :60].mean(dim=(0, 2, 3)) * torch.tensor(
+        [0.2, 0.25, 0.5]) + torch.tensor([0.5, 0.4, 0.3]), images.mean(dim=(0, 2, 3)), atol=0.02,
+        rtol=0)  # fmt: skip
+    assert first[:, :, 36:].abs().sum() == 0 and first[:, :, :, 60:].abs().sum() == 0
 
 
 def test_the_verdict_is_the_rules_on_the_detections(models, ctx):
