@@ -6,7 +6,7 @@
 Three measurements (results and notes: docs/benchmarks.md, "Engine overhead"):
 
 1. **Loop overhead**: the real loop (:func:`gdmd.train.loop.train`, ``dmd`` target, built from a
-   recipe through :mod:`gdmd.train.runner`, metrics logged every step to ``metrics.jsonl``, no
+   recipe through :mod:`gdmd.run.build`, metrics logged every step to ``metrics.jsonl``, no
    checkpoint until the end) against a minimal hand-written loop doing the same forward and
    backward passes: same critic updates, backward simulation, batch, teacher/critic/student
    forwards, AdamW and gradient clipping, drawing from one generator in the same order. Both
@@ -55,8 +55,8 @@ from gdmd.interfaces import TargetContext
 from gdmd.losses import group_target_loss
 from gdmd.manager import build_plugin_manager
 from gdmd.recipe import load_recipe
+from gdmd.run.build import build_components, loop_settings, make_accelerator
 from gdmd.train.loop import LoopSettings, train
-from gdmd.train.runner import build_components, loop_settings, make_accelerator
 
 OnStep = Callable[[int, dict[str, float]], None]
 

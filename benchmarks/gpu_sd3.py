@@ -304,8 +304,8 @@ def measure(root: Path, size: dict[str, Any], target: str, layout: str, args: An
 
     from gdmd.manager import build_plugin_manager
     from gdmd.recipe import load_recipe
+    from gdmd.run.build import build_components, loop_settings, make_accelerator
     from gdmd.train.loop import train
-    from gdmd.train.runner import build_components, loop_settings, make_accelerator
 
     shutil.rmtree(root / "runs", ignore_errors=True)
     path = root / f"{target}-{layout}.toml"

@@ -26,13 +26,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gdmd.eval.harness import evaluate, load_run
+from gdmd.eval.harness import evaluate
 from gdmd.manager import build_plugin_manager
+from gdmd.run.rundir import RunDir
 
 
 def headroom(run_dir: Path, steps: list[int], seeds: list[int]) -> list[dict[str, Any]]:
     """One row per teacher step count, then the student sampler on the teacher's weights."""
-    loaded = load_run(run_dir, build_plugin_manager())
+    loaded = RunDir.existing(run_dir).open(build_plugin_manager())
     rows = []
     for n in steps:
         result, _, _ = evaluate(loaded, model="teacher", steps=n, seeds=seeds)

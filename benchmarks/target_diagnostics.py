@@ -49,8 +49,8 @@ LAYOUTS = ("independent", "shared", "stratified")
 def load_parts(run_dir: Path, checkpoint: Path | None = None) -> tuple[Any, Any]:
     """``(recipe, components)`` of a run, with the student and critic of a checkpoint."""
     from gdmd.recipe import load_recipe
+    from gdmd.run.build import build_components
     from gdmd.train.checkpoint import latest_checkpoint, load_checkpoint
-    from gdmd.train.runner import build_components
 
     recipe = load_recipe(run_dir / "resolved.toml", build_plugin_manager())
     parts = build_components(recipe, None)
@@ -77,8 +77,8 @@ def pick_prompts(parts: Any, n: int, split: str, generator: torch.Generator) -> 
 
 
 def student_samples(recipe: Any, parts: Any, prompts: list[str], seed: int) -> torch.Tensor:
+    from gdmd.run.build import student_timesteps
     from gdmd.sampling import consistency_sample
-    from gdmd.train.runner import student_timesteps
 
     student = parts.student
     times = student_timesteps(recipe, parts.teacher.schedule)

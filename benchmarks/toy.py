@@ -43,9 +43,10 @@ from pathlib import Path
 
 import torch
 
-from gdmd.eval.harness import evaluate, evaluation_prompts, generate, load_run
+from gdmd.eval.harness import evaluate, evaluation_prompts, generate
 from gdmd.images import save_grid
 from gdmd.manager import build_plugin_manager
+from gdmd.run.rundir import RunDir
 from gdmd.train.checkpoint import complete_checkpoints
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -364,7 +365,7 @@ def evaluate_all(
                 continue
             run_dir = run_dirs[(recipe, seed)]
             sys.stderr.write(f"evaluating {run_dir.name}\n")
-            loaded = load_run(run_dir, pm)
+            loaded = RunDir.existing(run_dir).open(pm)
             if seed not in start_points:
                 # Step 0: the student is the teacher's copy, sampled as the student.
                 at_start = dataclasses.replace(loaded, student=loaded.teacher)
@@ -373,7 +374,7 @@ def evaluate_all(
                 start_points[seed] = (0, m["accuracy"], m["reward/alignment"])
             curve = [start_points[seed]]
             for step, path in complete_checkpoints(run_dir / "checkpoints") if curves else []:
-                at_step = load_run(run_dir, pm, checkpoint=path)
+                at_step = RunDir.existing(run_dir).open(pm, checkpoint=path)
                 result, _, _ = evaluate(at_step, seeds=[0], num_images=120)
                 m = result.metrics
                 curve.append((step, m["accuracy"], m["reward/alignment"]))
@@ -399,7 +400,7 @@ def sample_grid(
     rows: dict[str, torch.Tensor] = {}
     shown: list[str] = []
     for recipe, run_dir in run_dirs.items():
-        loaded = load_run(run_dir, pm)
+        loaded = RunDir.existing(run_dir).open(pm)
         base = evaluation_prompts(loaded)
         picks = grid_picks(len(base))
         shown = [base[i] for i in picks]

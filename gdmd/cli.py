@@ -1,7 +1,10 @@
-"""The ``gdmd`` command line, built by :func:`make_app`.
+"""The ``gdmd`` command line: each command a function of this module, gathered into an
+application by :func:`make_app`.
 
-Commands: ``list-plugins``, ``validate``, ``schema``, ``run``, plus any a plugin adds through
-``gdmd_register_commands``. A :class:`gdmd.errors.GdmdError` escaping a command is printed
+Commands: ``list-plugins``, ``validate``, ``schema``, ``run``, ``sample``, ``eval``,
+``export``, ``plugin``, plus any a plugin adds through ``gdmd_register_commands``. A command
+finds the plugin manager of its application as ``ctx.obj.pm`` (built on first use unless
+:func:`make_app` was given one). A :class:`gdmd.errors.GdmdError` escaping a command is printed
 as ``error: <message>`` on stderr (no traceback) and the process exits with its
 ``exit_code``; Ctrl-C exits with 130.
 
@@ -10,6 +13,7 @@ training are imported inside the commands.
 """
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import typer
@@ -22,6 +26,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from gdmd.manager import GdmdPluginManager
+    from gdmd.progress import Display
 
 #: Exit code after Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
@@ -103,6 +108,7 @@ class _GdmdGroup(TyperGroup):
         return command
 
     def invoke(self, ctx: Any) -> Any:
+        ctx.obj = self.session  # the commands' contexts inherit it
         try:
             return super().invoke(ctx)
         except GdmdError as exc:
@@ -146,10 +152,327 @@ def plugin_listing(pm: "GdmdPluginManager") -> dict[str, list[dict[str, Any]]]:
     return {"components": components, "failures": failures}
 
 
+def _pm(ctx: typer.Context) -> "GdmdPluginManager":
+    """The plugin manager of the application running the command."""
+    session: _Session = ctx.obj
+    return session.pm
+
+
+def _display() -> "Display":
+    from gdmd.progress import Display
+
+    return Display.on_console(_console())
+
+
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_show_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """Reward-guided diffusion distillation (GDMD). Docs: docs/cli.md."""
+
+
+def list_plugins(
+    ctx: typer.Context,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON: components and failures.")
+    ] = False,
+) -> None:
+    """List every component plugins registered, and plugins that failed to load.
+
+    Components are models (with the roles they can fill), rewards, targets and prompt
+    sources: the complete vocabulary of a recipe's kind keys.
+    """
+    listing = plugin_listing(_pm(ctx))
+    if as_json:
+        typer.echo(json.dumps(listing, indent=2))
+        return
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="gdmd components", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("name", no_wrap=True, style="bold")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("from", no_wrap=True)
+    table.add_column("summary", overflow="fold", ratio=1)
+    for item in listing["components"]:
+        kind = item["kind"]
+        if item["roles"]:
+            kind += f" ({', '.join(r[0] for r in item['roles'])})"
+        origin = (
+            f"{item['distribution']} {item['version'] or ''}".strip()
+            if item["distribution"]
+            else item["plugin"]
+        )
+        table.add_row(item["name"], kind, origin, item["summary"])
+    Console(highlight=False).print(table)
+    if listing["failures"]:
+        console = _console()
+        console.print("[bold red]plugins that failed to load:[/]")
+        for failure in listing["failures"]:
+            origin = " ".join(p for p in (failure["distribution"], failure["version"]) if p)
+            console.print(
+                f"  {failure['plugin']}" + (f" ({origin})" if origin else "") + ": "
+                f"{failure['error']}",
+                markup=False,
+            )
+
+
+def validate(
+    ctx: typer.Context,
+    recipe: Annotated[str, typer.Argument(help="The recipe (TOML) to check.")],
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help=_SET_HELP)
+    ] = None,
+) -> None:
+    """Check a recipe without building anything.
+
+    Exits 0 when the recipe is valid, 2 with every problem listed otherwise.
+    """
+    from rich.markup import escape
+
+    from gdmd.recipe import load_recipe
+
+    loaded = load_recipe(recipe, _pm(ctx), overrides or ())
+    _console().print(f"[green]ok[/]: {escape(loaded.summary())}")
+
+
+def schema(ctx: typer.Context) -> None:
+    """Print the JSON Schema of recipes, for editors.
+
+    The schema (draft 2020-12) covers every registered component's options.
+    """
+    from gdmd.recipe import recipe_json_schema
+
+    typer.echo(json.dumps(recipe_json_schema(_pm(ctx)), indent=2))
+
+
+def run(
+    ctx: typer.Context,
+    recipe: Annotated[str, typer.Argument(help="The recipe (TOML) to run.")],
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help=_SET_HELP)
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            metavar="auto|DIR",
+            help="Resume from the run's latest checkpoint (auto) or from a checkpoint "
+            "directory. Without it, a run directory that already holds a run is refused.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Build every component and stop before training."),
+    ] = False,
+    num_processes: Annotated[
+        int,
+        typer.Option(
+            "--num-processes",
+            min=1,
+            help="Train with N local processes (DDP; gloo on a CPU), started for you. "
+            "Under torchrun or accelerate launch, leave it out (docs/scaling.md).",
+        ),
+    ] = 1,
+) -> None:
+    """Run a recipe: distil, checkpoint, sample, evaluate.
+
+    Works unchanged under accelerate launch and torchrun.
+    """
+    from gdmd.recipe import load_recipe
+
+    pm = _pm(ctx)
+    loaded = load_recipe(recipe, pm, overrides or ())
+    if num_processes > 1 and not dry_run:
+        from gdmd.train.launch import launch_local
+
+        args = ["run", recipe, *(f"--set={o}" for o in overrides or ())]
+        args += [f"--resume={resume}"] if resume is not None else []
+        raise typer.Exit(launch_local(num_processes, args))
+    from gdmd.run import session
+
+    if dry_run:
+        _print_dry_run(session.dry_run(loaded, pm, display=_display()))
+    else:
+        session.run_recipe(loaded, pm, resume=resume, display=_display())
+
+
+def _print_dry_run(plan: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"dry run: {plan.name}")
+    for column in ("role", "kind", "plugin"):
+        table.add_column(column)
+    table.add_column("trainable parameters", justify="right")
+    for row in plan.components:
+        table.add_row(row.role, row.kind, row.plugin, row.detail)
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(table)
+    console.print(
+        f"{plan.steps} student updates x {plan.critic_steps} critic updates; "
+        f"{plan.samples_per_update} student samples per update; student timesteps "
+        f"{[round(t, 4) for t in plan.student_timesteps]}; run directory {plan.run_dir}",
+        markup=False,
+    )
+
+
+_DEVICE_HELP = "Where to sample: cuda, cuda:N, cpu... (default: cuda when there is a GPU)."
+_DTYPE_HELP = (
+    "Compute dtype: float32, bfloat16 or float16 (default: the run's mixed precision, "
+    "float32 without)."
+)
+_DTYPES = {
+    "float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+}  # fmt: skip
+
+
+def _open_run(
+    ctx: typer.Context, run_dir: str, device: str | None, dtype: str | None, *, rewards: bool
+) -> Any:
+    import torch
+
+    from gdmd.errors import GdmdError
+    from gdmd.run.rundir import RunDir, RunDirError
+
+    chosen_dtype = None
+    if dtype is not None:
+        if dtype not in _DTYPES:
+            raise RunDirError(f"--dtype {dtype!r}: use one of {', '.join(sorted(_DTYPES))}")
+        chosen_dtype = getattr(torch, _DTYPES[dtype])
+    chosen_device = None
+    if device is not None:
+        try:
+            chosen_device = torch.device(device)
+        except RuntimeError as exc:
+            raise RunDirError(f"--device {device!r} is not a device: {exc}") from exc
+        if chosen_device.type == "cuda" and not torch.cuda.is_available():
+            raise GdmdError(f"--device {device}: this machine has no CUDA device")
+    return RunDir.existing(run_dir).open(
+        _pm(ctx), device=chosen_device, dtype=chosen_dtype, rewards=rewards
+    )
+
+
+def sample(
+    ctx: typer.Context,
+    run_dir: Annotated[str, typer.Argument(help="A run directory written by gdmd run.")],
+    prompts_file: Annotated[str, typer.Option("--prompts-file", help="Prompts, one per line.")],
+    out: Annotated[str, typer.Option("--out", help="Folder for the PNGs and index.jsonl.")],
+    steps: Annotated[
+        int | None,
+        typer.Option(help="Sampling steps (default: the student's own; teacher: 50)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the first image; image i uses seed+i.")] = 0,
+    model: Annotated[str, typer.Option(help="Which model samples: student or teacher.")] = (
+        "student"
+    ),
+    guidance_scale: Annotated[
+        float | None, typer.Option(help="Teacher CFG scale (default: the recipe's).")
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help=_DEVICE_HELP)] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help=_DTYPE_HELP)] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Images generated together.")
+    ] = 16,
+) -> None:
+    """Write one PNG per prompt line, plus index.jsonl (prompt, seed, file).
+
+    Builds the teacher and the trained student only (no critic, no rewards).
+    """
+    from gdmd.builtins.prompts import read_prompt_file
+    from gdmd.eval.harness import generate
+    from gdmd.images import to_pil
+
+    prompts = read_prompt_file(prompts_file)
+    with _console(stderr=True).status("loading the run...", spinner="dots"):
+        opened = _open_run(ctx, run_dir, device, dtype, rewards=False)
+    seeds = [seed + i for i in range(len(prompts))]
+    images = generate(
+        opened,
+        prompts,
+        seeds,
+        model=model,
+        steps=steps,
+        guidance_scale=guidance_scale,
+        batch_size=batch_size,
+    )
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "index.jsonl").open("w") as index:
+        rows = zip(prompts, seeds, images, strict=True)
+        for i, (prompt, image_seed, image) in enumerate(rows):
+            name = f"{i:05d}.png"
+            to_pil(image).save(folder / name)
+            index.write(json.dumps({"prompt": prompt, "seed": image_seed, "file": name}) + "\n")
+    _console().print(f"[green]wrote[/] {len(prompts)} images to {folder}")
+
+
+def evaluate(
+    ctx: typer.Context,
+    run_dirs: Annotated[list[str], typer.Argument(help="Run directories to compare.")],
+    teacher: Annotated[
+        bool, typer.Option("--teacher", help="Also evaluate the first run's teacher.")
+    ] = False,
+    teacher_steps: Annotated[int, typer.Option(help="Sampling steps of the teacher row.")] = 50,
+    seeds: Annotated[
+        str | None, typer.Option(help="Comma-separated seeds (default: the recipe's [eval]).")
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(help="Where to write eval.json and eval.md (default: the first run)."),
+    ] = None,
+    device: Annotated[str | None, typer.Option("--device", help=_DEVICE_HELP)] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help=_DTYPE_HELP)] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size", min=1, help="Images generated together (default: [eval] batch_size)."
+        ),
+    ] = None,
+) -> None:
+    """Evaluate runs on their held-out prompts and print one comparison table.
+
+    Metrics: each recipe reward's mean, the prompt source's own metrics (toy: exact-checker
+    accuracy per category, Frechet distance to fresh renders, diversity) and images/s.
+    """
+    from rich.console import Console
+
+    from gdmd.eval.harness import evaluate as evaluate_run
+    from gdmd.eval.report import results_table, write_report
+
+    seed_list = [int(s) for s in seeds.split(",")] if seeds else None
+    results = []
+    rows: list[tuple[str, Any]] = []
+    shown: list[str] = []
+    with _console(stderr=True).status("evaluating...", spinner="dots"):
+        for index, run_dir in enumerate(run_dirs):
+            opened = _open_run(ctx, run_dir, device, dtype, rewards=True)
+            jobs = [("teacher", teacher_steps)] if teacher and index == 0 else []
+            for model, steps in [*jobs, ("student", None)]:
+                result, images, prompts = evaluate_run(
+                    opened, model=model, steps=steps, seeds=seed_list, batch_size=batch_size
+                )
+                results.append(result)
+                # The same prompts and seeds for every model, one row each, spread over
+                # the prompt list (evaluation prompts come grouped by category).
+                stride = max(1, len(prompts) // 8)
+                rows.append((result.label, images[::stride][:8]))
+                shown = prompts[::stride][:8]
+    Console(highlight=False).print(results_table(results))
+    written = write_report(Path(out) if out else Path(run_dirs[0]), results, rows, shown)
+    _console().print(f"wrote {', '.join(str(p) for p in written[:-1])} and {written[-1]}")
+
+
 def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
-    """The ``gdmd`` Typer application. Without ``pm``, plugins load on first use."""
-    session = _Session(pm)
-    group = type("GdmdGroup", (_GdmdGroup,), {"session": session})
+    """The ``gdmd`` Typer application, its commands bound to ``pm`` (without one, plugins
+    load on first use)."""
+    group = type("GdmdGroup", (_GdmdGroup,), {"session": _Session(pm)})
     app = typer.Typer(
         name="gdmd",
         cls=group,
@@ -160,270 +483,13 @@ def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
         help="Reward-guided diffusion distillation: distil a many-step teacher into a few-step "
         "student with DMD, guided by rewards scored on its implicit targets (GDMD).",
     )
-
-    @app.callback()
-    def main_options(
-        version: Annotated[
-            bool,
-            typer.Option(
-                "--version", callback=_show_version, is_eager=True, help="Print the version."
-            ),
-        ] = False,
-    ) -> None:
-        """Reward-guided diffusion distillation (GDMD). Docs: docs/cli.md."""
-
-    @app.command("list-plugins")
-    def list_plugins(
-        as_json: Annotated[
-            bool, typer.Option("--json", help="Print JSON: components and failures.")
-        ] = False,
-    ) -> None:
-        """List every component plugins registered, and plugins that failed to load.
-
-        Components are models (with the roles they can fill), rewards, targets and prompt
-        sources: the complete vocabulary of a recipe's kind keys.
-        """
-        listing = plugin_listing(session.pm)
-        if as_json:
-            typer.echo(json.dumps(listing, indent=2))
-            return
-        from rich import box
-        from rich.table import Table
-
-        console = _console()
-        table = Table(title="gdmd components", title_justify="left", box=box.SIMPLE_HEAD)
-        table.add_column("name", no_wrap=True, style="bold")
-        table.add_column("kind", no_wrap=True)
-        table.add_column("from", no_wrap=True)
-        table.add_column("summary", overflow="fold", ratio=1)
-        for item in listing["components"]:
-            kind = item["kind"]
-            if item["roles"]:
-                kind += f" ({', '.join(r[0] for r in item['roles'])})"
-            origin = (
-                f"{item['distribution']} {item['version'] or ''}".strip()
-                if item["distribution"]
-                else item["plugin"]
-            )
-            table.add_row(item["name"], kind, origin, item["summary"])
-        from rich.console import Console
-
-        Console(highlight=False).print(table)
-        if listing["failures"]:
-            console.print("[bold red]plugins that failed to load:[/]")
-            for failure in listing["failures"]:
-                origin = " ".join(p for p in (failure["distribution"], failure["version"]) if p)
-                console.print(
-                    f"  {failure['plugin']}" + (f" ({origin})" if origin else "") + ": "
-                    f"{failure['error']}",
-                    markup=False,
-                )
-
-    @app.command()
-    def validate(
-        recipe: Annotated[str, typer.Argument(help="The recipe (TOML) to check.")],
-        overrides: Annotated[
-            list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help=_SET_HELP)
-        ] = None,
-    ) -> None:
-        """Check a recipe without building anything.
-
-        Exits 0 when the recipe is valid, 2 with every problem listed otherwise.
-        """
-        from rich.markup import escape
-
-        from gdmd.recipe import load_recipe
-
-        loaded = load_recipe(recipe, session.pm, overrides or ())
-        _console().print(f"[green]ok[/]: {escape(loaded.summary())}")
-
-    @app.command()
-    def schema() -> None:
-        """Print the JSON Schema of recipes, for editors.
-
-        The schema (draft 2020-12) covers every registered component's options.
-        """
-        from gdmd.recipe import recipe_json_schema
-
-        typer.echo(json.dumps(recipe_json_schema(session.pm), indent=2))
-
-    @app.command()
-    def run(
-        recipe: Annotated[str, typer.Argument(help="The recipe (TOML) to run.")],
-        overrides: Annotated[
-            list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help=_SET_HELP)
-        ] = None,
-        resume: Annotated[
-            str | None,
-            typer.Option(
-                "--resume",
-                metavar="auto|DIR",
-                help="Resume from the run's latest checkpoint (auto) or from a checkpoint "
-                "directory.",
-            ),
-        ] = None,
-        dry_run: Annotated[
-            bool,
-            typer.Option("--dry-run", help="Build every component and stop before training."),
-        ] = False,
-        num_processes: Annotated[
-            int,
-            typer.Option(
-                "--num-processes",
-                min=1,
-                help="Train with N local processes (DDP; gloo on a CPU), started for you. "
-                "Under torchrun or accelerate launch, leave it out (docs/scaling.md).",
-            ),
-        ] = 1,
-    ) -> None:
-        """Run a recipe: distil, checkpoint, sample, evaluate.
-
-        Works unchanged under accelerate launch and torchrun.
-        """
-        from gdmd.recipe import load_recipe
-
-        loaded = load_recipe(recipe, session.pm, overrides or ())
-        from rich.console import Console
-
-        from gdmd.train import runner
-
-        if num_processes > 1 and not dry_run:
-            from gdmd.train.launch import launch_local
-
-            args = ["run", recipe, *(f"--set={o}" for o in overrides or ())]
-            args += [f"--resume={resume}"] if resume is not None else []
-            raise typer.Exit(launch_local(num_processes, args))
-        if dry_run:
-            runner.dry_run(loaded, session.pm, console=Console())
-        else:
-            runner.run_recipe(loaded, session.pm, resume=resume, console=Console())
-
-    @app.command()
-    def sample(
-        run_dir: Annotated[str, typer.Argument(help="A run directory written by gdmd run.")],
-        prompts_file: Annotated[str, typer.Option("--prompts-file", help="Prompts, one per line.")],
-        out: Annotated[str, typer.Option("--out", help="Folder for the PNGs and index.jsonl.")],
-        steps: Annotated[
-            int | None,
-            typer.Option(help="Sampling steps (default: the student's own; teacher: 50)."),
-        ] = None,
-        seed: Annotated[
-            int, typer.Option(help="Seed of the first image; image i uses seed+i.")
-        ] = 0,
-        model: Annotated[
-            str, typer.Option(help="Which model samples: student or teacher.")
-        ] = "student",
-        guidance_scale: Annotated[
-            float | None, typer.Option(help="Teacher CFG scale (default: the recipe's).")
-        ] = None,
-    ) -> None:
-        """Write one PNG per prompt line, plus index.jsonl (prompt, seed, file)."""
-        from pathlib import Path
-
-        from gdmd.builtins.prompts import read_prompt_file
-        from gdmd.eval.harness import generate, load_run
-        from gdmd.images import to_pil
-
-        prompts = read_prompt_file(prompts_file)
-        run = load_run(run_dir, session.pm)
-        seeds = [seed + i for i in range(len(prompts))]
-        images = generate(
-            run, prompts, seeds, model=model, steps=steps, guidance_scale=guidance_scale
-        )
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        with (folder / "index.jsonl").open("w") as index:
-            rows = zip(prompts, seeds, images, strict=True)
-            for i, (prompt, image_seed, image) in enumerate(rows):
-                name = f"{i:05d}.png"
-                to_pil(image).save(folder / name)
-                index.write(json.dumps({"prompt": prompt, "seed": image_seed, "file": name}) + "\n")
-        _console().print(f"[green]wrote[/] {len(prompts)} images to {folder}")
-
-    @app.command("eval")
-    def evaluate(
-        run_dirs: Annotated[list[str], typer.Argument(help="Run directories to compare.")],
-        teacher: Annotated[
-            bool, typer.Option("--teacher", help="Also evaluate the first run's teacher.")
-        ] = False,
-        teacher_steps: Annotated[int, typer.Option(help="Sampling steps of the teacher row.")] = 50,
-        seeds: Annotated[
-            str | None, typer.Option(help="Comma-separated seeds (default: the recipe's [eval]).")
-        ] = None,
-        out: Annotated[
-            str | None,
-            typer.Option(help="Where to write eval.json and eval.md (default: the first run)."),
-        ] = None,
-    ) -> None:
-        """Evaluate runs on their held-out prompts and print one comparison table.
-
-        Metrics: each recipe reward's mean, the prompt source's own metrics (toy: exact-checker
-        accuracy per category, Frechet distance to fresh renders, diversity) and images/s.
-        """
-        from pathlib import Path
-
-        import torch
-        from rich import box
-        from rich.table import Table
-
-        from gdmd.eval.harness import evaluate as evaluate_run
-        from gdmd.eval.harness import load_run, results_markdown
-        from gdmd.images import save_grid
-
-        seed_list = [int(s) for s in seeds.split(",")] if seeds else None
-        results = []
-        rows: list[tuple[str, Any]] = []
-        shown: list[str] = []
-        with _console().status("evaluating...", spinner="dots"):
-            for index, run_dir in enumerate(run_dirs):
-                run = load_run(run_dir, session.pm)
-                jobs = [("teacher", teacher_steps)] if teacher and index == 0 else []
-                for model, steps in [*jobs, ("student", None)]:
-                    result, images, prompts = evaluate_run(
-                        run, model=model, steps=steps, seeds=seed_list
-                    )
-                    results.append(result)
-                    # The same prompts and seeds for every model, one row each, spread over
-                    # the prompt list (evaluation prompts come grouped by category).
-                    stride = max(1, len(prompts) // 8)
-                    rows.append((result.label, images[::stride][:8]))
-                    shown = prompts[::stride][:8]
-        folder = Path(out) if out else Path(run_dirs[0])
-        folder.mkdir(parents=True, exist_ok=True)
-        grid = torch.cat([images for _, images in rows])
-        save_grid(
-            grid,
-            folder / "comparison.png",
-            shown * len(rows),
-            ncol=len(shown),
-            upscale=4,
-            row_labels=[label for label, _ in rows],
-        )
-        # One column per model, one row per metric: stays readable at 80 columns.
-        metrics: list[str] = []
-        for r in results:
-            metrics += [k for k in r.metrics if k not in metrics]
-        table = Table(title="evaluation", title_justify="left", box=box.SIMPLE_HEAD)
-        table.add_column("metric", style="bold")
-        for r in results:
-            table.add_column(r.label, justify="right")
-        table.add_row("steps", *(str(r.steps) for r in results))
-        table.add_row("images", *(str(r.num_images) for r in results))
-        for metric in metrics:
-            table.add_row(
-                metric,
-                *(f"{r.metrics[metric]:.4g}" if metric in r.metrics else "-" for r in results),
-            )
-        from rich.console import Console
-
-        Console(highlight=False).print(table)
-        (folder / "eval.json").write_text(
-            json.dumps([r.to_json() for r in results], indent=1) + "\n"
-        )
-        (folder / "eval.md").write_text(results_markdown(results))
-        _console().print(
-            f"wrote {folder / 'eval.json'}, {folder / 'eval.md'} and {folder / 'comparison.png'}"
-        )
+    app.callback()(main_options)
+    app.command("list-plugins")(list_plugins)
+    app.command()(validate)
+    app.command()(schema)
+    app.command()(run)
+    app.command()(sample)
+    app.command("eval")(evaluate)
 
     # Plugin-author tools live in their own module; only the registration is here.
     from gdmd.plugin_scaffold import plugin_app

@@ -1,1 +1,1 @@
-"""Evaluation: sampling finished runs and comparing them."""
+"""Evaluation: sampling finished runs (:mod:`.harness`) and reporting on them (:mod:`.report`)."""

@@ -1,100 +1,28 @@
 """Sampling and evaluating finished runs: what ``gdmd sample`` and ``gdmd eval`` do.
 
-A run directory is self-describing: ``resolved.toml`` rebuilds teacher, student, rewards and
-prompt source through the registry, and the newest checkpoint supplies the student's trained
-weights (its EMA when the run kept one). So any model family works, without family-specific
-loading code here.
+A run is opened by :meth:`gdmd.run.rundir.RunDir.open` (rebuilt from its ``resolved.toml``,
+the student's weights from its newest checkpoint, on its device and in its dtype); this module
+only samples and measures, so any model family works without family-specific code here.
+Tables and files of results are :mod:`gdmd.eval.report`'s.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from gdmd.errors import CheckpointError, GdmdError
-from gdmd.interfaces import DiffusionModel, WeightedReward
-from gdmd.train.checkpoint import latest_checkpoint, load_checkpoint
+from gdmd.errors import GdmdError
 
-
-class RunDirError(GdmdError):
-    """A path given as a run directory is not one (or lacks what is needed)."""
-
-    exit_code = 2
-
-
-@dataclass
-class LoadedRun:
-    """A finished run, rebuilt: its recipe, teacher, trained student, rewards and prompts."""
-
-    run_dir: Path
-    recipe: Any
-    teacher: DiffusionModel
-    student: DiffusionModel
-    rewards: list[WeightedReward]
-    prompts: Any
-    student_timesteps: list[float]
-    step: int
-
-
-def load_run(
-    run_dir: str | Path,
-    pm: Any,
-    device: torch.device | None = None,
-    checkpoint: Path | None = None,
-) -> LoadedRun:
-    """Rebuild a run from ``resolved.toml`` and load the student from a checkpoint.
-
-    ``checkpoint`` defaults to the run's newest whole checkpoint.
-    """
-    from gdmd.recipe import load_recipe
-    from gdmd.train.runner import build_components, student_timesteps
-
-    run_dir = Path(run_dir)
-    resolved = run_dir / "resolved.toml"
-    if not resolved.is_file():
-        raise RunDirError(f"{run_dir} is not a run directory: it has no resolved.toml")
-    checkpoint = checkpoint or latest_checkpoint(run_dir / "checkpoints")
-    if checkpoint is None:
-        raise CheckpointError(f"{run_dir} has no complete checkpoint to load the student from")
-    recipe = load_recipe(resolved, pm)
-    parts = build_components(recipe, None)
-    device = device or torch.device("cpu")
-    tensors, states = load_checkpoint(checkpoint)
-    weights = tensors.get("ema", tensors["student"])
-    student: torch.nn.Module = parts.student  # type: ignore[assignment]
-    missing = set(weights) - set(student.state_dict())
-    if missing:
-        raise CheckpointError(
-            f"{checkpoint}: {len(missing)} student tensors do not fit the model the recipe builds "
-            f"(e.g. {sorted(missing)[:3]})"
-        )
-    student.load_state_dict(weights, strict=False)
-    student.eval()
-    run_json = run_dir / "run.json"
-    info = json.loads(run_json.read_text()) if run_json.is_file() else {}
-    timesteps = info.get("student_timesteps") or student_timesteps(recipe, parts.teacher.schedule)
-    for model in (parts.teacher, parts.student):
-        model.to(device)  # type: ignore[attr-defined]
-    return LoadedRun(
-        run_dir=run_dir,
-        recipe=recipe,
-        teacher=parts.teacher,
-        student=parts.student,
-        rewards=parts.rewards,
-        prompts=parts.prompts,
-        student_timesteps=[float(t) for t in timesteps],
-        step=int(states["counters"]["step"]),
-    )
+if TYPE_CHECKING:
+    from gdmd.run.rundir import OpenedRun
 
 
 def generate(
-    run: LoadedRun,
+    run: OpenedRun,
     prompts: Sequence[str],
     seeds: Sequence[int],
     *,
@@ -107,7 +35,9 @@ def generate(
 
     The student samples at its trained timesteps (or ``steps`` evenly spaced ones) with the
     few-step sampler; the teacher with the deterministic Euler sampler, ``steps`` (default 50)
-    steps and its recipe CFG scale unless ``guidance_scale`` is given.
+    steps and its recipe CFG scale unless ``guidance_scale`` is given. Models compute under
+    autocast in ``run.dtype`` when it is not float32, as mixed-precision training did; the
+    starting noise is drawn on the CPU in float32, so it is the same on every device.
     """
     from gdmd.sampling import consistency_sample, default_timesteps, euler_sample
 
@@ -125,6 +55,7 @@ def generate(
         times = default_timesteps(steps or 50, net.schedule).tolist()
         if guidance_scale is None:
             guidance_scale = run.recipe.teacher.guidance_scale
+    autocast = torch.autocast(device.type, dtype=run.dtype, enabled=run.dtype != torch.float32)
     out = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
@@ -135,7 +66,7 @@ def generate(
                 for s in chunk_seeds
             ]
         ).to(device)
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             cond = {k: v.to(device) for k, v in net.encode_prompts(chunk).items()}
             if model == "student":
                 generator = torch.Generator().manual_seed(int(chunk_seeds[0]) * 7919 + 1)
@@ -168,7 +99,7 @@ class EvalResult:
         }
 
 
-def evaluation_prompts(run: LoadedRun) -> list[str]:
+def evaluation_prompts(run: OpenedRun) -> list[str]:
     """The recipe's ``[eval] prompts_file`` lines, else the prompt source's held-out list."""
     path = run.recipe.eval.prompts_file
     if path:
@@ -185,19 +116,21 @@ def evaluation_prompts(run: LoadedRun) -> list[str]:
 
 
 def evaluate(
-    run: LoadedRun,
+    run: OpenedRun,
     *,
     model: str = "student",
     steps: int | None = None,
     seeds: Sequence[int] | None = None,
     num_images: int | None = None,
     label: str | None = None,
+    batch_size: int | None = None,
 ) -> tuple[EvalResult, torch.Tensor, list[str]]:
     """Generate for the evaluation prompts (each seed once) and measure.
 
     Metrics: every recipe reward's mean; the prompt source's own metrics when it has an
     ``evaluate(images, prompts)`` method (the toy domain: checker accuracy per category, FD,
-    diversity); and sampling throughput (``images_per_s``).
+    diversity); and sampling throughput (``images_per_s``). ``batch_size`` defaults to the
+    recipe's ``[eval] batch_size``.
     """
     base = evaluation_prompts(run)
     seeds = list(seeds if seeds is not None else run.recipe.eval.seeds)
@@ -207,7 +140,12 @@ def evaluate(
     prompts, image_seeds = prompts[:limit], image_seeds[:limit]
     start = time.perf_counter()
     images = generate(
-        run, prompts, image_seeds, model=model, steps=steps, batch_size=run.recipe.eval.batch_size
+        run,
+        prompts,
+        image_seeds,
+        model=model,
+        steps=steps,
+        batch_size=batch_size or run.recipe.eval.batch_size,
     )
     elapsed = time.perf_counter() - start
     metrics: dict[str, float] = {}
@@ -241,25 +179,3 @@ def evaluate(
         metrics=metrics,
     )
     return result, images, prompts
-
-
-def results_markdown(results: Sequence[EvalResult]) -> str:
-    """A markdown comparison table (one row per result, one column per metric)."""
-    columns: list[str] = []
-    for r in results:
-        columns += [k for k in r.metrics if k not in columns]
-    header = "| model | steps | images | " + " | ".join(columns) + " |"
-    rule = "|---|---:|---:|" + "---:|" * len(columns)
-    rows = [
-        f"| {r.label} | {r.steps} | {r.num_images} | "
-        + " | ".join(_fmt(r.metrics.get(c)) for c in columns)
-        + " |"
-        for r in results
-    ]
-    return "\n".join([header, rule, *rows]) + "\n"
-
-
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"

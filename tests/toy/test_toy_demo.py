@@ -20,7 +20,8 @@ import torch
 from typer.testing import CliRunner
 
 from gdmd.cli import make_app
-from gdmd.eval.harness import generate, load_run
+from gdmd.eval.harness import generate
+from gdmd.run.rundir import RunDir
 from gdmd.toy.checker import check_batch
 from gdmd.toy.grammar import training_prompts
 
@@ -56,7 +57,7 @@ def test_demo_recipe_lifts_student_accuracy_above_step_zero(gdmd_pm, tmp_path) -
     run_dir = tmp_path / "toy-gdmd"
     assert (run_dir / "student" / "model.safetensors").is_file()
     assert (run_dir / "samples" / "step-0000040.png").is_file()
-    run = load_run(run_dir, gdmd_pm)
+    run = RunDir.existing(run_dir).open(gdmd_pm, device="cpu")
     assert run.step == 40
 
     # The nine single-object training prompts the run trained on, 120 images.

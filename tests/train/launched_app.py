@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 
 import gdmd
-import gdmd.train.runner as runner
+import gdmd.run.session as session
 from gdmd.cli import make_app
 from gdmd.manager import build_plugin_manager
 from gdmd.train.checkpoint import save_checkpoint
-from gdmd.train.loop import checkpoint_payload
+from gdmd.train.state import checkpoint_payload
 
 RECORD = Path(os.environ["GDMD_TEST_RECORD"])
 RUNS = Path(os.environ["GDMD_TEST_RUNS"]).resolve()
@@ -97,7 +97,7 @@ def _write_record() -> None:
     (RECORD / f"writes-rank{RANK}.json").write_text(json.dumps(writes))
 
 
-real_train = runner.train
+real_train = session.train
 
 
 def recording_train(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -107,7 +107,7 @@ def recording_train(*args, **kwargs):  # type: ignore[no-untyped-def]
     return result
 
 
-runner.train = recording_train
+session.train = recording_train
 
 if __name__ == "__main__":
     pm = build_plugin_manager()

@@ -189,12 +189,12 @@ def test_a_nan_on_one_process_stops_both_before_the_optimizer_step(
 def test_processes_that_accelerate_sees_as_one_are_refused_before_writing(
     gdmd_pm, write_recipe: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import gdmd.train.runner as runner
+    import gdmd.run.build as build
 
     # What a launcher on a machine without a GPU gave before gdmd chose the CPU back end:
     # WORLD_SIZE=2 in the environment, one process as far as accelerate is concerned.
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(runner, "wants_cpu", lambda cpu: cpu)
+    monkeypatch.setattr(build, "wants_cpu", lambda cpu: cpu)
     recipe_path = write_recipe()
     result = CliRunner().invoke(make_app(gdmd_pm), ["run", str(recipe_path)])
     assert result.exit_code == 2, result.output

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 import gdmd
 from gdmd.cli import make_app
 from gdmd.recipe import load_recipe
+from gdmd.run.build import build_components
 from gdmd.train.checkpoint import complete_checkpoints, load_checkpoint
-from gdmd.train.runner import build_components
 
 
 def run_cli(pm, *args: str):

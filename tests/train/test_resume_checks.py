@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from gdmd.cli import make_app
 from gdmd.errors import CheckpointError
+from gdmd.run.rundir import recipe_differences
 from gdmd.train.checkpoint import load_checkpoint, save_checkpoint
-from gdmd.train.runner import recipe_differences
 
 
 def _save(root: Path) -> Path:
