@@ -379,7 +379,7 @@ def sample(
     dtype: Annotated[str | None, typer.Option("--dtype", help=_DTYPE_HELP)] = None,
     batch_size: Annotated[
         int, typer.Option("--batch-size", min=1, help="Images generated together.")
-    ] = 16,
+    ] = 64,
 ) -> None:
     """Write one PNG per prompt line, plus index.jsonl (prompt, seed, file).
 
