@@ -346,3 +346,16 @@ def test_listed_by_the_plugin_manager_from_its_distribution():
     config = spec.validate_config({"score": "fraction"})
     assert (config.threshold, config.counting_threshold, config.max_objects) == (0.3, 0.9, 16)
     assert config.position_margin == 0.1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_verdicts_equal_the_cpu_ones(models, ctx):
+    cuda = BuildContext(
+        device=torch.device("cuda"), dtype=torch.float32, generator=torch.Generator()
+    )
+    images = _images(3, seed=4)
+    on_cpu = _reward(models, ctx, threshold=0.2, score="fraction")(images, PROMPTS)
+    on_gpu = _reward(models, cuda, threshold=0.2, score="fraction")(images.cuda(), PROMPTS)
+    assert on_gpu.device.type == "cuda"
+    assert on_gpu.cpu().tolist() == on_cpu.tolist()
