@@ -49,7 +49,9 @@ def test_list_plugins_json(fake_pm: Any) -> None:
         ("reward", "toy-checker"),
         ("target", "dmd"),
         ("target", "gdmd"),
+        ("prompts", "hf-dataset"),
         ("prompts", "list"),
+        ("prompts", "table"),
         ("prompts", "text-file"),
         ("prompts", "toy"),
     ]
