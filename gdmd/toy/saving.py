@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gdmd.errors import CheckpointError
@@ -45,8 +46,19 @@ def read_network(
         raise CheckpointError(
             f"{directory} is not a saved {what} (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
         )
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{config_path} is not a JSON {what} config ({exc})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path} is not a {fmt} v{version} config")
     if config.pop("format", None) != fmt or config.pop("format_version", None) != version:
         raise CheckpointError(f"{config_path} is not a {fmt} v{version} config")
     fields = {key: tuple(v) if isinstance(v, list) else v for key, v in config.items()}
-    return fields, load_file(str(weights_path))
+    try:
+        weights = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(
+            f"{weights_path} is not a readable safetensors file of a {what} ({exc})"
+        ) from exc
+    return fields, weights

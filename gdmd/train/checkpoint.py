@@ -24,11 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gdmd.errors import CheckpointError
 
 COMPLETE = "COMPLETE"
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, quota, file-size limit); the run stops
+    and the checkpoints written before it are untouched."""
+
+    exit_code = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -138,6 +146,36 @@ def save_checkpoint(
     checkpoint_root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_root / step_dirname(step)
     tmp = checkpoint_root / f".tmp-{step_dirname(step)}-{os.getpid()}"
+    try:
+        _write(tmp, final, step, tensors, states)
+    except (OSError, SafetensorError) as exc:
+        # A full disk, a quota, a file-size limit: the half-written folder goes, the
+        # checkpoints before it stay whole, and the run stops saying where it stands.
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(checkpoint_root)
+        kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {final}: {getattr(exc, 'strerror', None) or exc}; the "
+            f"run stopped at "
+            f"step {step} and {kept}. Free space, then continue with --resume auto"
+        ) from exc
+    _fsync_dir(checkpoint_root)
+    for _, old in complete_checkpoints(checkpoint_root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in checkpoint_root.glob(".tmp-*"):
+        if stale != tmp:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def _write(
+    tmp: Path,
+    final: Path,
+    step: int,
+    tensors: Mapping[str, Mapping[str, torch.Tensor]],
+    states: Mapping[str, Any],
+) -> None:
+    """Write every file into ``tmp``, the marker last, and rename ``tmp`` to ``final``."""
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -167,13 +205,6 @@ def save_checkpoint(
         # A leftover from a run that died after renaming but before pruning: replace it.
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(checkpoint_root)
-    for _, old in complete_checkpoints(checkpoint_root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in checkpoint_root.glob(".tmp-*"):
-        if stale != tmp:
-            shutil.rmtree(stale, ignore_errors=True)
-    return final
 
 
 def verify_checkpoint(path: Path) -> None:
