@@ -4,18 +4,37 @@ The processes are started by torch elastic (what ``torchrun --standalone`` does:
 rendezvous on a free port, no restarts), each running the same ``gdmd run`` command; accelerate
 then forms the process group from the environment the launcher set. The launcher reports each
 process's exit status, so the command exits with the code of the process that failed first
-(2 for a refused recipe, 3 for a non-finite value, 143 after SIGTERM).
+(2 for a refused recipe, 3 for a non-finite value, 143 after SIGTERM). When a process is killed
+(kill -9, the out-of-memory killer), the others fail in their next collective (gloo and NCCL
+see the closed connection at once) and the launcher stops them; the command then names the
+killed process and exits 128 + the signal's number (137 for SIGKILL).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Sequence
 
 from gdmd.errors import GdmdError
 from gdmd.train.distributed import LaunchError, launched_world_size
+
+
+class ProcessKilledError(GdmdError):
+    """One process of a local multi-process run was killed by a signal; all stopped."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def launch_local(num_processes: int, gdmd_args: Sequence[str]) -> int:
@@ -48,10 +67,20 @@ def launch_local(num_processes: int, gdmd_args: Sequence[str]) -> int:
     try:
         elastic_launch(config, sys.executable)("-m", "gdmd", *gdmd_args)
     except ChildFailedError as failed:
-        first = min(failed.failures.values(), key=lambda f: f.timestamp)
-        code = first.exitcode
-        # A process killed by a signal reports -signum; shells report 128 + signum.
-        return 128 - code if code < 0 else code
+        failures = list(failed.failures.values())
+        # A process killed by a signal (kill -9, the OOM killer) reports -signum and said
+        # nothing itself; the others then fail in their next collective. Name the killed one.
+        killed = [f for f in failures if f.exitcode < 0]
+        if killed:
+            first = min(killed, key=lambda f: f.timestamp)
+            raise ProcessKilledError(
+                f"process {first.local_rank} of {num_processes} (pid {first.pid}) was killed "
+                f"by {_signal_name(-first.exitcode)}, so the run stopped on every process; its "
+                "newest complete checkpoint is intact: continue with --resume auto",
+                # Shells report a death by signal as 128 + signum.
+                exit_code=128 - first.exitcode,
+            ) from None
+        return min(failures, key=lambda f: f.timestamp).exitcode
     except SignalException as received:
         return 128 + int(received.sigval)
     except Exception as exc:  # the launcher itself failed (rendezvous, spawn)
