@@ -38,6 +38,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "tiny_cpu.toml"
@@ -370,6 +371,134 @@ def recipe_trials(out: Path, t: Trials) -> None:
     shutil.rmtree(out / name)
 
 
+def _load_test_module(name: str) -> Any:
+    """A helper module of ``tests/reliability`` (shared with the CI-sized tests), imported
+    as a package of its own so its relative imports work."""
+    import importlib
+    import importlib.util
+
+    package = "gdmd_reliability_tests"
+    if package not in sys.modules:
+        folder = ROOT / "tests" / "reliability"
+        spec = importlib.util.spec_from_file_location(
+            package, folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[package] = module
+        spec.loader.exec_module(module)
+    return importlib.import_module(f"{package}.{name}")
+
+
+def fuzz(examples: int, seed: int, out: Path) -> int:
+    """``examples`` hypothesis-generated recipes through ``gdmd validate``; count outcomes."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import seed as hypothesis_seed
+
+    from gdmd.cli import make_app
+    from gdmd.manager import build_plugin_manager
+
+    fuzzing = _load_test_module("fuzzing")
+    pm = build_plugin_manager()
+    app = make_app(pm)
+    outcomes = fuzzing.Outcomes()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    @hypothesis_seed(seed)
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=fuzzing.cases())
+    def check(case: Any) -> None:
+        # Every case is counted, failures included: no shrinking, no early stop.
+        fuzzing.check_case(case, out, app, pm, outcomes)
+
+    check()
+    counts = outcomes.counts
+    total = sum(counts.values())
+    print("| outcome | recipes |\n|---|---|")
+    print(f"| valid (exit 0; resolved.toml loads back the same) | {counts['valid']} |")
+    print(f"| refused (exit 2, names the file or the --set, no traceback) | {counts['refused']} |")
+    print(f"| anything else (traceback, other exit, unnamed problem) | {counts['failed']} |")
+    print(f"| total | {total} |")
+    for failure in outcomes.failures:
+        print(f"\nFAILED {failure}")
+    print(f"\n{time.monotonic() - started:.0f} s, seed {seed}")
+    return 0 if not outcomes.failures else 1
+
+
+def plugin_trials(count: int, out: Path, t: Trials) -> None:
+    """Each faulty plugin ``count`` times: named in a clear error, the rest unaffected."""
+    faulty = _load_test_module("faulty_plugins")
+    for fault in faulty.FAULTS:
+        held: list[bool] = []
+        notes: list[str] = []
+        for i in range(count):
+            workdir = out / f"plugin-{len(t.rows)}-{i}"
+            workdir.mkdir()
+            problems = faulty.check_fault(fault, workdir)
+            held.append(not problems)
+            notes += [f"trial {i}: {p}" for p in problems]
+            shutil.rmtree(workdir)
+        t.record(f"plugin: {fault.name}", held, notes)
+
+
+def full_disk_trials(count: int, out: Path, rng: random.Random, t: Trials) -> None:
+    """The disk fills up at a random write of a random checkpoint; ``count`` trials."""
+    from gdmd.manager import build_plugin_manager
+
+    disk = _load_test_module("full_disk")
+    pm = build_plugin_manager()
+    code, text, traceback = disk.gdmd(pm, out, "reference")
+    assert code == 0 and traceback is None, text
+    reference = out / "reference"
+    per_save = disk.writes_per_checkpoint(reference)
+    held: list[bool] = []
+    notes: list[str] = []
+    for i in range(count):
+        fail_at = rng.randint(1, per_save * disk.STEPS)
+        error = ("oserror", "safetensors")[i % 2]
+        problems, step = disk.full_disk_trial(pm, out, reference, f"disk-{i}", fail_at, error)
+        print(f"  disk-{i}: write {fail_at} ({error}), checkpoint {step}, ok={not problems}")
+        held.append(not problems)
+        notes += [f"disk-{i}: {p}" for p in problems]
+        shutil.rmtree(out / f"disk-{i}")
+    t.record("full disk during a checkpoint: exit 1 naming it, exact resume", held, notes)
+
+
+def kill_one_trials(count: int, out: Path, rng: random.Random, t: Trials) -> None:
+    """kill -9 of rank 0 or 1 of a two-process run after a random number of steps."""
+    kill = _load_test_module("kill_one")
+    done = kill.run(kill.command(out, "reference"))
+    assert done.returncode == 0, done.stderr
+    held: list[bool] = []
+    notes: list[str] = []
+    times: list[float] = []
+    for i in range(count):
+        rank = i % 2
+        after = rng.randint(1, kill.STEPS - 1)
+        problems, seconds = kill.kill_one_trial(
+            out, out / "reference", f"kill-one-{i}", rank, after
+        )
+        times.append(seconds)
+        print(f"  kill-one-{i}: rank {rank} after {after} steps, stopped in {seconds:.1f} s, "
+              f"ok={not problems}", flush=True)
+        held.append(not problems)
+        notes += [f"kill-one-{i}: {p}" for p in problems]
+        shutil.rmtree(out / f"kill-one-{i}")
+    slowest = max(times) if times else 0.0
+    t.record(
+        f"kill -9 of one of 2 processes: all stop (slowest {slowest:.1f} s), exit 137, "
+        "exact resume",
+        held,
+        notes,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kill-trials", type=int, default=24)
@@ -377,7 +506,34 @@ def main() -> int:
     parser.add_argument("--ddp-signal-trials", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/gdmd-reliability"))
+    commands = parser.add_subparsers(dest="command")
+    fuzz_parser = commands.add_parser("fuzz", help="Fuzzed recipes through gdmd validate.")
+    fuzz_parser.add_argument("--examples", type=int, default=1000)
+    plugins_parser = commands.add_parser("plugins", help="Faulty third-party plugins.")
+    plugins_parser.add_argument("--trials", type=int, default=5, help="Trials per fault.")
+    disk_parser = commands.add_parser("full-disk", help="A full disk during a checkpoint.")
+    disk_parser.add_argument("--trials", type=int, default=10)
+    kill_parser = commands.add_parser("kill-one", help="kill -9 of one of two processes.")
+    kill_parser.add_argument("--trials", type=int, default=6)
     args = parser.parse_args()
+    if args.command == "fuzz":
+        return fuzz(args.examples, args.seed, args.out)
+    if args.command in ("plugins", "full-disk", "kill-one"):
+        if args.out.exists():
+            shutil.rmtree(args.out)
+        args.out.mkdir(parents=True)
+        trials = Trials()
+        started = time.monotonic()
+        rng = random.Random(args.seed)
+        if args.command == "plugins":
+            plugin_trials(args.trials, args.out, trials)
+        elif args.command == "full-disk":
+            full_disk_trials(args.trials, args.out, rng, trials)
+        else:
+            kill_one_trials(args.trials, args.out, rng, trials)
+        ok = trials.report()
+        print(f"\n{time.monotonic() - started:.0f} s, seed {args.seed}")
+        return 0 if ok else 1
     rng = random.Random(args.seed)
     if args.out.exists():
         shutil.rmtree(args.out)
