@@ -183,8 +183,8 @@ class TargetContext:
 
     ``x`` is the student sample (x0 in model space) **with grad**, ``[B, *sample_shape]``.
     The callables hide the models: ``real_x0`` is the frozen teacher with CFG, ``fake_x0`` the
-    critic (``snapshot`` selects one of ``len(critic_snapshots)`` states kept from the
-    critic's inner loop; ``None`` is the current critic). Both run without grad.
+    critic (``snapshot`` selects one of the ``num_critic_snapshots`` states kept from the
+    critic's inner loop, oldest first; ``None`` is the current critic). Both run without grad.
 
     ``sample_t(n)`` and ``sample_noise(n)`` draw ``n`` renoise times ``[n]`` and ``n`` noise
     tensors ``[n, *sample_shape]``. When ``n`` is a multiple of ``B``, sample ``i`` owns rows
@@ -232,16 +232,15 @@ class TargetOutput:
 
 @runtime_checkable
 class TargetStrategy(Protocol):
-    """Builds the gradient targets of one student update. It never calls ``backward``.
-
-    An optional integer attribute ``critic_snapshots`` asks the loop to keep that many critic
-    states from its inner loop (``TargetContext.fake_x0(..., snapshot=i)``); absent means 0.
-    """
+    """Builds the gradient targets of one student update. It never calls ``backward``."""
 
     #: Whether the strategy needs at least one reward.
     needs_rewards: bool
     #: Whether the strategy needs rewards whose gradients reach the pixels.
     needs_differentiable_reward: bool
+    #: How many critic states the loop keeps from each step's critic updates (the newest),
+    #: for ``TargetContext.fake_x0(..., snapshot=i)``; 0 when only the current critic is used.
+    critic_snapshots: int
 
     def __call__(self, ctx: TargetContext) -> TargetOutput: ...
 

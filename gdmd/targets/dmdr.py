@@ -20,6 +20,7 @@ class DMDRTarget:
 
     needs_rewards = True
     needs_differentiable_reward = True
+    critic_snapshots = 0
 
     def __init__(self, config: DMDRConfig) -> None:
         self.config = config

@@ -32,8 +32,9 @@ class GDMDTarget:
 
     def __init__(self, config: GDMDConfig) -> None:
         self.config = config
-        #: Critic states the loop should keep from its inner loop (for ``vary = "fake"``).
-        self.critic_snapshots = config.k if config.vary in ("fake", "both") else 0
+        #: Critic states the loop keeps from its inner loop: one per target of a group
+        #: varied in the critic (``vary = "fake"`` or ``"both"``), none otherwise.
+        self.critic_snapshots: int = config.k if config.vary in ("fake", "both") else 0
 
     def __call__(self, ctx: TargetContext) -> TargetOutput:
         cfg = self.config

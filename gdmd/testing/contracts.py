@@ -397,7 +397,7 @@ def _target_context(
         _check(
             snapshot is None or 0 <= snapshot < snapshots,
             f"{who} asked for critic snapshot {snapshot}, but {snapshots} were kept "
-            "(ask for them with the attribute critic_snapshots)",
+            "(its attribute critic_snapshots says how many the loop keeps)",
         )
         scale = 0.3 if snapshot is None else 0.1 * (snapshot + 1)
         return scale * x_t
@@ -538,8 +538,8 @@ def assert_target_contract(
     (default: one differentiable stand-in when ``target.needs_rewards``, none otherwise).
     It must:
 
-    * have boolean attributes ``needs_rewards`` and ``needs_differentiable_reward``, and an
-      optional non-negative integer ``critic_snapshots``;
+    * have boolean attributes ``needs_rewards`` and ``needs_differentiable_reward``, and a
+      non-negative integer ``critic_snapshots`` (0 when it uses only the current critic);
     * call the teacher and critic with ``x_t [N, ...]``, ``t [N]`` and a conditioning of
       batch ``N``, and ask only for critic snapshots that were kept;
     * return a :class:`~gdmd.interfaces.TargetOutput`: detached, finite targets
@@ -563,7 +563,12 @@ def assert_target_contract(
             isinstance(value, bool),
             f"{who} must have an attribute `{flag}` (True or False), got {value!r}",
         )
-    snapshots = getattr(target, "critic_snapshots", 0)
+    _check(
+        hasattr(target, "critic_snapshots"),
+        f"{who} must have an attribute `critic_snapshots`: how many critic states the loop "
+        "keeps for it (0 when it uses only the current critic)",
+    )
+    snapshots = target.critic_snapshots
     _check(
         isinstance(snapshots, int) and not isinstance(snapshots, bool) and snapshots >= 0,
         f"{who} has critic_snapshots = {snapshots!r}, expected a non-negative int",

@@ -61,8 +61,6 @@ class LoopResult:
     step: int
     #: The logged metric records (``{"step": n, ...}``), as written to ``metrics.jsonl``.
     metrics: list[dict[str, float]] = field(default_factory=list)
-    #: ``"SIGTERM"`` / ``"SIGINT"`` when a signal stopped the run.
-    stopped_by: str | None = None
     #: The trained state at the end (for callers that inspect or export it).
     state: TrainState | None = None
 

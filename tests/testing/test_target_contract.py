@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gdmd.interfaces import TargetContext, TargetOutput
+from gdmd.interfaces import TargetContext, TargetOutput, TargetStrategy
 from gdmd.manager import GdmdPluginManager
 from gdmd.testing import assert_target_contract
 
@@ -15,6 +15,7 @@ class OneTarget:
 
     needs_rewards = False
     needs_differentiable_reward = False
+    critic_snapshots = 0
 
     def targets(self, ctx: TargetContext) -> torch.Tensor:
         x = ctx.x.detach()
@@ -37,6 +38,15 @@ class NoFlags(OneTarget):
 
 class BadSnapshots(OneTarget):
     critic_snapshots = -1
+
+
+class NoSnapshotCount:
+    """A strategy written before ``critic_snapshots`` joined the protocol."""
+
+    needs_rewards = False
+    needs_differentiable_reward = False
+    __call__ = OneTarget.__call__
+    targets = OneTarget.targets
 
 
 class ReturnsTuple(OneTarget):
@@ -154,6 +164,7 @@ class Raises(OneTarget):
     [
         (NoFlags(), "must have an attribute `needs_rewards` (True or False), got 'no'"),
         (BadSnapshots(), "has critic_snapshots = -1, expected a non-negative int"),
+        (NoSnapshotCount(), "must have an attribute `critic_snapshots`: how many critic states"),
         (ReturnsTuple(), "returned tuple, expected a gdmd.interfaces.TargetOutput"),
         (NoGroupAxis(), "returned targets of shape [2, 3, 8, 8] for a student sample of shape"),
         (KeepsGraph(), "returned targets that carry a gradient; detach them"),
@@ -201,4 +212,5 @@ def test_the_built_in_targets_pass(
     gdmd_pm: GdmdPluginManager, gdmd_build_context: object, name: str, config: dict
 ) -> None:
     target = gdmd_pm.registries.targets.get(name).build(config, gdmd_build_context)
+    assert isinstance(target, TargetStrategy)
     assert_target_contract(target)
