@@ -117,7 +117,7 @@ def load_code(model: Flux2Model, format: str, info: ExportInfo) -> str:
         "import torch",
         "from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline",
         "",
-        f'pipe = Flux2KleinPipeline.from_pretrained("{source}", torch_dtype=torch.{dtype})',
+        f'pipe = Flux2KleinPipeline.from_pretrained("{source}", dtype=torch.{dtype})',
     ]
     if format == "lora":
         lines += [
