@@ -159,7 +159,9 @@ def _load(config: SDXLConfig, dtype: torch.dtype, device: torch.device) -> _Load
     if saved is None:
         model = _local_or_hub(config.model, "model")
         pipeline_ref = ModelRef(model, config.revision, config.variant)
-        unet_ref = ModelRef(model, config.revision, config.variant, subfolder="unet")
+        unet_ref: ModelRef | None = ModelRef(
+            model, config.revision, config.variant, subfolder="unet"
+        )
         unet, lora, resolution = None, None, None
     else:
         root = local.resolve()

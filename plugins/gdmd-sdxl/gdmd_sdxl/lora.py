@@ -37,7 +37,7 @@ class LoRASpec:
 
         return LoraConfig(
             r=self.rank,
-            lora_alpha=self.alpha,
+            lora_alpha=self.alpha,  # type: ignore[arg-type]  # peft takes a float alpha
             init_lora_weights="gaussian",
             target_modules=list(self.targets),
         )

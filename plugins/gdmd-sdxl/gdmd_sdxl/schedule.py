@@ -63,7 +63,7 @@ class DiscreteDDPMSchedule:
         from diffusers import DDPMScheduler
 
         keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
-        scheduler = DDPMScheduler(**{k: config[k] for k in keys if k in config})
+        scheduler: Any = DDPMScheduler(**{k: config[k] for k in keys if k in config})
         return cls(
             scheduler.alphas_cumprod, str(config.get("prediction_type", "epsilon") or "epsilon")
         )
