@@ -214,3 +214,13 @@ def test_merged_export_is_the_student(
     merged = _transformer_x0(pipe.transformer, student)
     torch.testing.assert_close(merged, _transformer_x0(student.transformer, student),
                                rtol=1e-5, atol=1e-5)
+
+
+RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "flux2_4step.toml"
+
+
+@pytest.mark.skipif(not RECIPE.is_file(), reason="not in the gdmd repository")
+def test_the_shipped_recipe_validates() -> None:
+    result = _gdmd("validate", str(RECIPE))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "teacher flux2" in result.stdout and "student flux2 (4 steps)" in result.stdout
