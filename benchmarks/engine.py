@@ -56,7 +56,8 @@ from gdmd.losses import group_target_loss
 from gdmd.manager import build_plugin_manager
 from gdmd.recipe import load_recipe
 from gdmd.run.build import build_components, loop_settings, make_accelerator
-from gdmd.train.loop import LoopSettings, train
+from gdmd.train.config import LoopSettings
+from gdmd.train.loop import renoise_sampler, train
 
 OnStep = Callable[[int, dict[str, float]], None]
 
@@ -224,14 +225,20 @@ def run_minimal_loop(setup: Setup, on_step: OnStep) -> dict[str, Any]:
     teacher, student, critic = p.teacher, p.student, p.critic
     teacher.requires_grad_(False)
     schedule = teacher.schedule
-    b, shape = s.batch_size, tuple(student.sample_shape)
+    b, shape = s.train.batch_size, tuple(student.sample_shape)
     ts = torch.tensor(s.student_timesteps, dtype=torch.float32)
-    clip = s.grad_clip if s.grad_clip is not None else float("inf")
+    clip = s.train.grad_clip if s.train.grad_clip is not None else float("inf")
     opt_s = torch.optim.AdamW(
-        student.parameters(), lr=s.student_lr, betas=s.adam_betas, weight_decay=s.weight_decay
+        student.parameters(),
+        lr=s.train.student_lr,
+        betas=s.train.adam_betas,
+        weight_decay=s.train.weight_decay,
     )
     opt_c = torch.optim.AdamW(
-        critic.parameters(), lr=s.critic_lr, betas=s.adam_betas, weight_decay=s.weight_decay
+        critic.parameters(),
+        lr=s.train.critic_lr,
+        betas=s.train.adam_betas,
+        weight_decay=s.train.weight_decay,
     )
     g = torch.Generator().manual_seed(s.seed)
 
@@ -249,13 +256,13 @@ def run_minimal_loop(setup: Setup, on_step: OnStep) -> dict[str, Any]:
         return student.encode_prompts(p.prompts.sample(b, g))
 
     critic_losses, student_losses = [], []
-    for step in range(s.steps):
-        for _ in range(s.critic_steps):
+    for step in range(s.train.steps):
+        for _ in range(s.train.critic_steps):
             opt_c.zero_grad(set_to_none=True)
             cond = prompts()
             with torch.no_grad():
                 x = sample(cond)
-            t = s.renoise.sample(b, step, g)
+            t = renoise_sampler(s.train).sample(b, step, g)
             noise = torch.randn(x.shape, generator=g)
             x_t = schedule.add_noise(x, noise, t)
             velocity = schedule.from_x0(x_t, t, critic(x_t, t, cond))
@@ -268,7 +275,7 @@ def run_minimal_loop(setup: Setup, on_step: OnStep) -> dict[str, Any]:
         cond = prompts()
         x = sample(cond)
         x_d = x.detach()
-        t = s.renoise.sample(b, step, g)
+        t = renoise_sampler(s.train).sample(b, step, g)
         x_t = schedule.add_noise(x_d, torch.randn(x.shape, generator=g), t)
         with torch.no_grad():
             real = teacher(x_t, t, cond, guidance_scale=s.guidance_scale)
@@ -280,10 +287,11 @@ def run_minimal_loop(setup: Setup, on_step: OnStep) -> dict[str, Any]:
         opt_s.step()
         student_losses.append(loss.detach())
         on_step(step + 1, {})
-    c = s.critic_steps
+    c = s.train.critic_steps
     return {
         "critic_loss": [
-            float(torch.stack(critic_losses[i * c : (i + 1) * c]).mean()) for i in range(s.steps)
+            float(torch.stack(critic_losses[i * c : (i + 1) * c]).mean())
+            for i in range(s.train.steps)
         ],
         "student_loss": [float(v) for v in student_losses],
         "student": {n: q.detach().clone() for n, q in student.named_parameters()},
@@ -492,13 +500,13 @@ class StudentStep:
         # step by step simulate the same number of student steps.
         self.sample_generator = torch.Generator().manual_seed(seed + 1)
         self.timesteps = torch.tensor(s.student_timesteps, dtype=torch.float32)
-        self.optimizer = torch.optim.AdamW(p.student.parameters(), lr=s.student_lr)
-        self.critic_optimizer = torch.optim.AdamW(p.critic.parameters(), lr=s.critic_lr)
+        self.optimizer = torch.optim.AdamW(p.student.parameters(), lr=s.train.student_lr)
+        self.critic_optimizer = torch.optim.AdamW(p.critic.parameters(), lr=s.train.critic_lr)
         p.teacher.requires_grad_(False)
 
     def sample(self, cond: dict[str, torch.Tensor], with_grad: bool) -> torch.Tensor:
         p, s, g = self.setup.parts, self.setup.settings, self.sample_generator
-        b, ts = s.batch_size, self.timesteps
+        b, ts = s.train.batch_size, self.timesteps
         i = int(torch.randint(len(ts), (1,), generator=g))
         x_t = torch.randn((b, *p.student.sample_shape), generator=g)
         with torch.no_grad():
@@ -513,24 +521,24 @@ class StudentStep:
     def critic_updates(self, step: int) -> None:
         p, s, g = self.setup.parts, self.setup.settings, self.generator
         schedule = p.teacher.schedule
-        for _ in range(s.critic_steps):
+        for _ in range(s.train.critic_steps):
             self.critic_optimizer.zero_grad(set_to_none=True)
-            cond = p.student.encode_prompts(p.prompts.sample(s.batch_size, g))
+            cond = p.student.encode_prompts(p.prompts.sample(s.train.batch_size, g))
             x = self.sample(cond, with_grad=False)
-            t = s.renoise.sample(s.batch_size, step, g)
+            t = renoise_sampler(s.train).sample(s.train.batch_size, step, g)
             noise = torch.randn(x.shape, generator=g)
             x_t = schedule.add_noise(x, noise, t)
             velocity = schedule.from_x0(x_t, t, p.critic(x_t, t, cond))
             loss = (velocity - schedule.training_target(x, noise, t)).pow(2).mean()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(p.critic.parameters(), s.grad_clip or float("inf"))
+            torch.nn.utils.clip_grad_norm_(p.critic.parameters(), s.train.grad_clip or float("inf"))
             self.critic_optimizer.step()
 
     def forward(self, step: int, timers: Timers | None = None) -> torch.Tensor:
         """Sample with grad, call the target strategy, return the student loss."""
         p, s, g = self.setup.parts, self.setup.settings, self.generator
         timers = timers or Timers()
-        prompts = p.prompts.sample(s.batch_size, g)
+        prompts = p.prompts.sample(s.train.batch_size, g)
         cond = p.student.encode_prompts(prompts)
         with timers.time("student sample"):
             x = self.sample(cond, with_grad=True)
@@ -553,7 +561,7 @@ class StudentStep:
             real_x0=timers.wrap("teacher (CFG)", real_x0),
             fake_x0=timers.wrap("critic", fake_x0),
             num_critic_snapshots=0,
-            sample_t=lambda n: s.renoise.sample(n, step, g),
+            sample_t=lambda n: renoise_sampler(s.train).sample(n, step, g),
             decoder=_TimedDecoder(p.teacher.decoder, timers),
             rewards=rewards,
             generator=g,
@@ -572,7 +580,8 @@ class StudentStep:
         loss = self.forward(step, timers)
         with timers.time("loss backward + AdamW"):
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(p.student.parameters(), s.grad_clip or float("inf"))
+            clip = s.train.grad_clip or float("inf")
+            torch.nn.utils.clip_grad_norm_(p.student.parameters(), clip)
             self.optimizer.step()
 
 

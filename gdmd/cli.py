@@ -469,6 +469,36 @@ def evaluate(
     _console().print(f"wrote {', '.join(str(p) for p in written[:-1])} and {written[-1]}")
 
 
+def export(
+    ctx: typer.Context,
+    run_dir: Annotated[str, typer.Argument(help="A run directory written by gdmd run.")],
+    out: Annotated[str, typer.Argument(help="The folder to write (must not exist).")],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="What the student's model family writes. sd3: lora (a diffusers LoRA file for "
+            "load_lora_weights on the base pipeline) or merged (a complete diffusers pipeline "
+            "with the LoRA merged in).",
+        ),
+    ] = "lora",
+) -> None:
+    """Export a run's student for tools outside gdmd, with a model card (README.md).
+
+    The student's model family writes it (sd3: lora or merged); the trained weights come from
+    the run's newest whole checkpoint, so FSDP2 runs export too.
+    """
+    from rich.markup import escape
+
+    from gdmd.export import export_run
+
+    result = export_run(run_dir, out, format, _pm(ctx))
+    _console().print(
+        f"[green]wrote[/] {escape(str(result.out))} ({result.student_kind} student, "
+        f"{result.format}; {len(result.timesteps)} steps, timesteps {result.timesteps})"
+    )
+
+
 def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
     """The ``gdmd`` Typer application, its commands bound to ``pm`` (without one, plugins
     load on first use)."""
@@ -490,15 +520,12 @@ def make_app(pm: "GdmdPluginManager | None" = None) -> typer.Typer:
     app.command()(run)
     app.command()(sample)
     app.command("eval")(evaluate)
+    app.command("export")(export)
 
     # Plugin-author tools live in their own module; only the registration is here.
-    from gdmd.plugin_scaffold import plugin_app
+    from gdmd.scaffold import plugin_app
 
     app.add_typer(plugin_app(), name="plugin", help="Tools for plugin authors (plugin new).")
-
-    from gdmd.export import add_export_command
-
-    add_export_command(app)
     return app
 
 

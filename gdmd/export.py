@@ -11,12 +11,9 @@ leaves no ``OUT``. This module imports no torch; the command's work is imported 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from gdmd.errors import GdmdError
 
@@ -24,7 +21,7 @@ if TYPE_CHECKING:
     from gdmd.interfaces import ExportInfo
     from gdmd.run.rundir import OpenedRun
 
-__all__ = ["ExportError", "ExportedRun", "add_export_command", "export_info", "export_run"]
+__all__ = ["ExportError", "ExportedRun", "export_info", "export_run"]
 
 
 class ExportError(GdmdError):
@@ -113,38 +110,3 @@ def export_run(run_dir: str | Path, out: str | Path, format: str, pm: Any) -> Ex
         raise
     files = [out / Path(f).relative_to(tmp) for f in files]
     return ExportedRun(out, format, files, kind, info.student_timesteps)
-
-
-def add_export_command(app: typer.Typer, pm: Callable[[], Any] | None = None) -> None:
-    """Register ``gdmd export`` on ``app``; ``pm`` returns the plugin manager the CLI shares
-    (default: a fresh one with entry points)."""
-
-    def plugin_manager() -> Any:
-        if pm is not None:
-            return pm()
-        from gdmd.manager import build_plugin_manager
-
-        return build_plugin_manager()
-
-    @app.command("export")
-    def export(
-        run_dir: Annotated[str, typer.Argument(help="A run directory written by gdmd run.")],
-        out: Annotated[str, typer.Argument(help="The folder to write (must not exist).")],
-        format: Annotated[
-            str,
-            typer.Option(
-                "--format",
-                help="What the student's model family writes. sd3: lora (a diffusers LoRA "
-                "file for load_lora_weights on the base pipeline) or merged (a complete "
-                "diffusers pipeline with the LoRA merged in).",
-            ),
-        ] = "lora",
-    ) -> None:
-        """Export a run's student for tools outside gdmd, with a model card (README.md)."""
-        from rich.console import Console
-
-        result = export_run(run_dir, out, format, plugin_manager())
-        Console(highlight=False, soft_wrap=True).print(
-            f"[green]wrote[/] {result.out} ({result.student_kind} student, {result.format}; "
-            f"{len(result.timesteps)} steps, timesteps {result.timesteps})"
-        )

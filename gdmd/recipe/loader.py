@@ -104,7 +104,7 @@ class StudentSpec(ModelSpec):
     init_from: Literal["teacher"] | None
     steps: int
     #: As written in the recipe; ``None``: ``steps`` evenly spaced times, placed by the
-    #: model's schedule (``gdmd.train.runner.student_timesteps``).
+    #: model's schedule (``gdmd.run.build.student_timesteps``).
     timesteps: tuple[float, ...] | None
 
 

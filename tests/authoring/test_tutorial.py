@@ -15,7 +15,7 @@ import torch
 
 from gdmd.interfaces import BuildContext
 from gdmd.manager import build_plugin_manager
-from gdmd.plugin_scaffold import scaffold_plugin
+from gdmd.scaffold import scaffold_plugin
 from gdmd.testing import assert_reward_contract
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "plugin-tutorial.md"

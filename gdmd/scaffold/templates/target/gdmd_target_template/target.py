@@ -18,6 +18,8 @@ class TargetTemplateTarget:
 
     needs_rewards = False
     needs_differentiable_reward = False
+    #: Critic states to keep from the critic's inner loop (0: only the current critic).
+    critic_snapshots = 0
 
     def __init__(self, weight: float) -> None:
         self.weight = weight
