@@ -9,9 +9,10 @@ Three measurements (results and notes: docs/benchmarks.md, "Engine overhead"):
    recipe through :mod:`gdmd.run.build`, metrics logged every step to ``metrics.jsonl``, no
    checkpoint until the end) against a minimal hand-written loop doing the same forward and
    backward passes: same critic updates, backward simulation, batch, teacher/critic/student
-   forwards, AdamW and gradient clipping, drawing from one generator in the same order. Both
-   start from the same weights and seed, so the benchmark also checks that they compute the
-   same thing (their losses agree step by step).
+   forwards, AdamW and gradient clipping, drawing the loop's per-sample random numbers
+   (:mod:`gdmd.train.randomness`) at the same sites in the same order. Both start from the
+   same weights and seed, so the benchmark also checks that they compute the same thing, bit
+   for bit (losses step by step, student and critic weights at the end).
 2. **GDMD cost**: a ``gdmd`` step (K = 4, vary = "t", the cheap ``channel`` reward) against a
    ``dmd`` step through the real loop, plus a timed breakdown of one student update of each.
 3. **Peak memory** of the student step (sample with grad, target strategy, loss, backward):
@@ -52,12 +53,13 @@ from typing import Any
 import torch
 
 from gdmd.interfaces import TargetContext
-from gdmd.losses import group_target_loss
+from gdmd.losses import denoising_loss, dmd_gradient, group_target_loss, implicit_target
 from gdmd.manager import build_plugin_manager
 from gdmd.recipe import load_recipe
 from gdmd.run.build import build_components, loop_settings, make_accelerator
 from gdmd.train.config import LoopSettings
 from gdmd.train.loop import renoise_sampler, train
+from gdmd.train.randomness import SiteDraws
 
 OnStep = Callable[[int, dict[str, float]], None]
 
@@ -212,89 +214,103 @@ def run_real_loop(setup: Setup, on_step: OnStep) -> dict[str, Any]:
         "critic_loss": [m["critic/loss"] for m in result.metrics],
         "student_loss": [m["student/loss"] for m in result.metrics],
         "student": {n: p.detach().clone() for n, p in setup.parts.student.named_parameters()},
+        "critic": {n: p.detach().clone() for n, p in setup.parts.critic.named_parameters()},
     }
 
 
 def run_minimal_loop(setup: Setup, on_step: OnStep) -> dict[str, Any]:
     """The same passes as ``train`` with a ``dmd`` target, written out by hand.
 
-    Same generator and order of random draws, so from the same weights it computes the same
-    updates; no metrics, checks, logging, scheduler or checkpoint.
+    The same random draws as the loop: at each of the loop's draw sites (critic update
+    ``inner``, the student update) a :class:`~gdmd.train.randomness.SiteDraws` of the same
+    seed, step and site, drawn from in the loop's order (prompts; the simulated step and the
+    simulation's noise; the renoise time, then its noise), and every prompt of an update
+    encoded in one call. The math is ``gdmd.losses``' (the DMD gradient, its target, the
+    regression), so from the same weights it computes the same numbers bit for bit. Left out:
+    metrics, checks, ``train()``/``eval()`` switches, the LR scheduler, accelerate's wrappers,
+    the ``metrics.jsonl`` line and checkpoints. One process, one micro-batch (the benchmark's
+    recipes).
     """
     p, s = setup.parts, setup.settings
     teacher, student, critic = p.teacher, p.student, p.critic
     teacher.requires_grad_(False)
-    schedule = teacher.schedule
+    schedule, renoise = teacher.schedule, renoise_sampler(s.train)
     b, shape = s.train.batch_size, tuple(student.sample_shape)
     ts = torch.tensor(s.student_timesteps, dtype=torch.float32)
     clip = s.train.grad_clip if s.train.grad_clip is not None else float("inf")
+    cpu, samples = torch.device("cpu"), range(b)
     opt_s = torch.optim.AdamW(
-        student.parameters(),
+        list(student.trainable_parameters()),
         lr=s.train.student_lr,
         betas=s.train.adam_betas,
         weight_decay=s.train.weight_decay,
     )
     opt_c = torch.optim.AdamW(
-        critic.parameters(),
+        list(critic.trainable_parameters()),
         lr=s.train.critic_lr,
         betas=s.train.adam_betas,
         weight_decay=s.train.weight_decay,
     )
-    g = torch.Generator().manual_seed(s.seed)
 
-    def sample(cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        i = int(torch.randint(len(ts), (1,), generator=g))
-        x_t = torch.randn((b, *shape), generator=g)
+    def sample(draws: SiteDraws, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        i = draws.shared_index(len(ts))
+        x_t = draws.noise(shape)
         with torch.no_grad():
             for j in range(i):
                 x0 = student(x_t, ts[j].expand(b), cond)
-                noise = torch.randn(x0.shape, generator=g)
-                x_t = schedule.add_noise(x0, noise, ts[j + 1].expand(b))
+                x_t = schedule.add_noise(x0, draws.noise(shape), ts[j + 1].expand(b))
         return student(x_t, ts[i].expand(b), cond)
-
-    def prompts() -> dict[str, torch.Tensor]:
-        return student.encode_prompts(p.prompts.sample(b, g))
 
     critic_losses, student_losses = [], []
     for step in range(s.train.steps):
-        for _ in range(s.train.critic_steps):
+        # Every draw site of the update draws its prompts; one encoder call for all of them.
+        sites: list[tuple[int | str, ...]] = [
+            ("critic", inner, 0) for inner in range(s.train.critic_steps)
+        ]
+        sites.append(("student", 0))
+        draws = [SiteDraws(s.seed, step, site, samples, cpu) for site in sites]
+        prompts = [d.prompts(p.prompts) for d in draws]
+        with torch.no_grad():
+            encoded = student.encode_prompts([q for batch in prompts for q in batch])
+        conds = [
+            {key: value[k * b : (k + 1) * b] for key, value in encoded.items()}
+            for k in range(len(draws))
+        ]
+        losses = []
+        for d, cond in zip(draws[:-1], conds[:-1], strict=True):
             opt_c.zero_grad(set_to_none=True)
-            cond = prompts()
             with torch.no_grad():
-                x = sample(cond)
-            t = renoise_sampler(s.train).sample(b, step, g)
-            noise = torch.randn(x.shape, generator=g)
+                x = sample(d, cond)
+            t = d.times(renoise)
+            noise = d.noise(shape)
             x_t = schedule.add_noise(x, noise, t)
             velocity = schedule.from_x0(x_t, t, critic(x_t, t, cond))
-            loss = (velocity - schedule.training_target(x, noise, t)).pow(2).mean()
+            loss = denoising_loss(velocity, schedule.training_target(x, noise, t))
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(critic.parameters(), clip)
+            torch.nn.utils.clip_grad_norm_(list(critic.trainable_parameters()), clip)
             opt_c.step()
-            critic_losses.append(loss.detach())
+            losses.append(float(loss.detach()))
+        critic_losses.append(sum(losses) / len(losses))
+        d, cond = draws[-1], conds[-1]
         opt_s.zero_grad(set_to_none=True)
-        cond = prompts()
-        x = sample(cond)
-        x_d = x.detach()
-        t = renoise_sampler(s.train).sample(b, step, g)
-        x_t = schedule.add_noise(x_d, torch.randn(x.shape, generator=g), t)
+        x = sample(d, cond)
+        t = d.times(renoise)
+        x_t = schedule.add_noise(x.detach(), d.noise(shape), t)
         with torch.no_grad():
-            real = teacher(x_t, t, cond, guidance_scale=s.guidance_scale)
-            fake = critic(x_t, t, cond)
-            grad = (fake - real) / (x_d - real).abs().mean(dim=(1, 2, 3), keepdim=True)
-        loss = 0.5 * (x - (x_d - grad)).pow(2).mean()
+            real = teacher(x_t, t, cond, guidance_scale=s.guidance_scale).float()
+            fake = critic(x_t, t, cond).float()
+        target = implicit_target(x, dmd_gradient(x, real, fake))
+        loss = group_target_loss(x, target.unsqueeze(1), torch.ones(b, 1))
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), clip)
+        torch.nn.utils.clip_grad_norm_(list(student.trainable_parameters()), clip)
         opt_s.step()
-        student_losses.append(loss.detach())
+        student_losses.append(float(loss.detach()))
         on_step(step + 1, {})
-    c = s.train.critic_steps
     return {
-        "critic_loss": [
-            float(torch.stack(critic_losses[i * c : (i + 1) * c]).mean())
-            for i in range(s.train.steps)
-        ],
-        "student_loss": [float(v) for v in student_losses],
+        "critic_loss": critic_losses,
+        "student_loss": student_losses,
         "student": {n: q.detach().clone() for n, q in student.named_parameters()},
+        "critic": {n: q.detach().clone() for n, q in critic.named_parameters()},
     }
 
 
@@ -434,8 +450,17 @@ def loop_overhead(bench: Bench) -> dict[str, Any]:
             rel(real["critic_loss"], minimal["critic_loss"]),
             rel(real["student_loss"], minimal["student_loss"]),
         ),
-        "weight_max_diff": max(
-            float((real["student"][n] - q).abs().max()) for n, q in minimal["student"].items()
+        "weight_max_diff": {
+            role: max(float((real[role][n] - q).abs().max()) for n, q in minimal[role].items())
+            for role in ("student", "critic")
+        },
+        "bitwise": all(
+            real[key] == minimal[key] for key in ("critic_loss", "student_loss")
+        )
+        and all(
+            torch.equal(real[role][n], q)
+            for role in ("student", "critic")
+            for n, q in minimal[role].items()
         ),
     }
 
@@ -778,9 +803,11 @@ def report(bench: Bench, results: dict[str, Any], elapsed: float) -> None:
             f"pairs' IQR {lo:+.1f}% .. {hi:+.1f}%",
         )
         console.print(t)
+        same = "bit for bit" if o["bitwise"] else "NOT bit for bit"
         console.print(
-            f"  same computation: losses agree to {o['loss_rel_diff']:.1e} (relative), student "
-            f"weights to {o['weight_max_diff']:.1e}. First step (with set-up, untimed): "
+            f"  same computation ({same}): losses agree to {o['loss_rel_diff']:.1e} (relative), "
+            f"student weights to {o['weight_max_diff']['student']:.1e}, critic weights to "
+            f"{o['weight_max_diff']['critic']:.1e}. First step (with set-up, untimed): "
             f"{o['first_step_ms'][0]:.0f} ms minimal, {o['first_step_ms'][1]:.0f} ms train; "
             f"train's final checkpoint (once, after the last step, untimed) "
             f"{o['final_checkpoint_ms']:.0f} ms"
