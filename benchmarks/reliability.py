@@ -23,6 +23,14 @@ Every trial runs the real command line in a subprocess (``python -m gdmd run``) 
   checkpoint.
 * **changed recipe**: resuming with a changed value of several keys. Held when the resume
   exits 2 naming the key; a longer ``train.steps`` must resume.
+
+Subcommands count the other failure modes; the checks live in ``tests/reliability/``, whose
+CI-sized tests run one sample of each:
+
+    python benchmarks/reliability.py fuzz --examples 2000     # fuzzed recipes, gdmd validate
+    python benchmarks/reliability.py plugins --trials 3       # faulty third-party plugins
+    python benchmarks/reliability.py full-disk --trials 8     # a full disk during a save
+    python benchmarks/reliability.py kill-one --trials 6      # kill -9 of 1 of 2 processes
 """
 
 from __future__ import annotations

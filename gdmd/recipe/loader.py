@@ -602,6 +602,12 @@ class _Parser:
             if not isinstance(values, dict):
                 ok = False
                 continue
+            if not label:
+                # An empty label would also be the default kind, and no reward has that name.
+                message = "a reward table needs a label, e.g. [reward.clip]"
+                self.problems.add(("reward",), (label,), message)
+                ok = False
+                continue
             head, spec, config = self._component(
                 ("reward", label),
                 values,

@@ -55,3 +55,21 @@ def test_set_whose_key_is_a_comment_is_refused(
     assert not isinstance(result.exception, ValueError)
     key = expression.partition("=")[0].strip()
     assert f"--set {expression}: {key!r} is not a valid dotted key" in result.output
+
+
+def test_a_reward_table_with_an_empty_label_is_refused(
+    pm: GdmdPluginManager, tmp_path: Path
+) -> None:
+    # Found by the fuzzer: [reward.""] defaulted its kind to "" and tripped an assertion.
+    from typer.testing import CliRunner
+
+    recipe = tmp_path / "x.toml"
+    recipe.write_text(
+        '[teacher]\nkind = "tiny-unet"\n[prompts]\nkind = "list"\nprompts = ["a"]\n'
+        '[reward.""]\nweight = 2.0\n'
+    )
+    result = CliRunner().invoke(make_app(pm), ["validate", str(recipe)])
+    assert result.exit_code == 2, result.output
+    assert f'{recipe}: [reward] "": a reward table needs a label, e.g. [reward.clip]' in (
+        result.output
+    )
