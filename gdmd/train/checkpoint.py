@@ -10,6 +10,8 @@ Tensors go to safetensors files; everything else (optimizer hyper-parameters, sc
 state, counters) to JSON. Optimizer states are flattened into tensors plus a JSON skeleton,
 so nothing is ever unpickled. The marker lists every file with its SHA-256, so a file that
 was truncated, corrupted or removed after the save is reported by name instead of loaded.
+A save that fails (a full disk) removes its temporary folder and raises
+:class:`CheckpointWriteError` naming the checkpoint; the checkpoints before it are untouched.
 """
 
 from __future__ import annotations
@@ -154,10 +156,10 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(checkpoint_root)
         kept = f"{previous} is intact" if previous else "no earlier checkpoint exists"
+        reason = getattr(exc, "strerror", None) or exc
         raise CheckpointWriteError(
-            f"cannot write checkpoint {final}: {getattr(exc, 'strerror', None) or exc}; the "
-            f"run stopped at "
-            f"step {step} and {kept}. Free space, then continue with --resume auto"
+            f"cannot write checkpoint {final}: {reason}; the run stopped at step {step} and "
+            f"{kept}. Free space, then continue with --resume auto"
         ) from exc
     _fsync_dir(checkpoint_root)
     for _, old in complete_checkpoints(checkpoint_root)[:-keep]:
