@@ -359,6 +359,21 @@ def _open_run(
     )
 
 
+def _sample_processes(device: str | None) -> tuple[Any, str | None]:
+    """Under a multi-process launch (accelerate launch, torchrun): the process state
+    (gloo on a CPU, each process on its own GPU) and the device this process samples on;
+    a single process: ``(None, device)``."""
+    from gdmd.train.distributed import launched_world_size
+
+    if launched_world_size() <= 1:
+        return None, device
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state, device if device is not None else str(state.device)
+
+
 def sample(
     ctx: typer.Context,
     run_dir: Annotated[str, typer.Argument(help="A run directory written by gdmd run.")],
@@ -383,34 +398,71 @@ def sample(
 ) -> None:
     """Write one PNG per prompt line, plus index.jsonl (prompt, seed, file).
 
-    Builds the teacher and the trained student only (no critic, no rewards).
+    Builds the teacher and the trained student only (no critic, no rewards). Under
+    accelerate launch or torchrun the batches are shared out between the processes (each
+    on its own GPU); the images do not depend on the number of processes.
     """
     from gdmd.builtins.prompts import read_prompt_file
     from gdmd.eval.harness import generate
     from gdmd.images import to_pil
 
     prompts = read_prompt_file(prompts_file)
-    with _console(stderr=True).status("loading the run...", spinner="dots"):
+    state, device = _sample_processes(device)
+    main = state is None or state.is_main_process
+    folder = Path(out)
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+    from contextlib import nullcontext
+
+    loading = _console(stderr=True).status("loading the run...", spinner="dots")
+    with loading if main else nullcontext():
         opened = _open_run(ctx, run_dir, device, dtype, rewards=False)
     seeds = [seed + i for i in range(len(prompts))]
-    images = generate(
-        opened,
-        prompts,
-        seeds,
-        model=model,
-        steps=steps,
-        guidance_scale=guidance_scale,
-        batch_size=batch_size,
-    )
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    # Whole batches go to processes in turn: a batch draws its re-noising from one generator,
+    # so keeping batches whole keeps every image what a single process draws.
+    starts = list(range(0, len(prompts), batch_size))
+    mine = starts if state is None else starts[state.process_index :: state.num_processes]
+    if state is not None:
+        state.wait_for_everyone()  # the folder exists before anyone writes into it
+    for start in mine:
+        images = generate(
+            opened,
+            prompts[start : start + batch_size],
+            seeds[start : start + batch_size],
+            model=model,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            batch_size=batch_size,
+        )
+        for offset, image in enumerate(images):
+            to_pil(image).save(folder / f"{start + offset:05d}.png")
+    if state is not None:
+        state.wait_for_everyone()  # every PNG is written before the index names it
+    if not main:
+        return
     with (folder / "index.jsonl").open("w") as index:
-        rows = zip(prompts, seeds, images, strict=True)
-        for i, (prompt, image_seed, image) in enumerate(rows):
-            name = f"{i:05d}.png"
-            to_pil(image).save(folder / name)
-            index.write(json.dumps({"prompt": prompt, "seed": image_seed, "file": name}) + "\n")
-    _console().print(f"[green]wrote[/] {len(prompts)} images to {folder}")
+        for i, (prompt, image_seed) in enumerate(zip(prompts, seeds, strict=True)):
+            index.write(json.dumps({"prompt": prompt, "seed": image_seed, "file": f"{i:05d}.png"}))
+            index.write("\n")
+    processes = "" if state is None else f" from {state.num_processes} processes"
+    _console().print(f"[green]wrote[/] {len(prompts)} images to {folder}{processes}")
+
+
+def _seed_list(seeds: str | None) -> list[int] | None:
+    """``--seeds 0,1,2`` as integers; a malformed list is a usage error, not a traceback."""
+    from gdmd.eval.errors import SuiteError
+
+    if not seeds:
+        return None
+    try:
+        values = [int(s) for s in seeds.split(",")]
+    except ValueError:
+        raise SuiteError(
+            f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2"
+        ) from None
+    if any(v < 0 for v in values) or len(set(values)) < len(values):
+        raise SuiteError(f"--seeds {seeds!r}: seeds must be distinct and not negative")
+    return values
 
 
 def evaluate(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -74,6 +75,26 @@ class SD3Config(ComponentConfig):
             "saving about 9 GB in fp16 at some cost in prompt following."
         ),
     )
+    text_encoders: Literal["device", "offload", "none"] = Field(
+        default="device",
+        description=(
+            "Where the shared text encoders (2 x CLIP, T5) live. 'device': on the run's device. "
+            "'offload': on the CPU, moved to the device for each encode and back (frees "
+            "their memory, about 10 GB for SD3 in bf16, between encodes). 'none': not loaded "
+            "at all; every prompt (and the empty prompt, for CFG) must be in prompt_cache. "
+            "Set on the model that loads the pipeline; init_from models share its encoders."
+        ),
+    )
+    prompt_cache: str | None = Field(
+        default=None,
+        description=(
+            "Folder of cached prompt conditionings (safetensors, read memory-mapped): each "
+            "prompt is encoded once and written there; later encodes, in this run or the "
+            "next, read it. Keyed by prompt and encoder identity (pipeline model, revision, "
+            "variant, max_sequence_length, drop_t5). For a fixed prompt set. A relative path "
+            "is read from the working directory."
+        ),
+    )
     lora_rank: int | None = Field(
         default=None,
         ge=1,
@@ -117,4 +138,17 @@ class SD3Config(ComponentConfig):
             raise ValueError("lora_alpha is set but lora_rank is not; set lora_rank to use LoRA")
         if len(set(self.lora_targets)) != len(self.lora_targets):
             raise ValueError("lora_targets has duplicates")
+        if self.text_encoders == "none":
+            if self.prompt_cache is None:
+                raise ValueError(
+                    'text_encoders = "none" needs prompt_cache (the folder the conditionings '
+                    "are read from)"
+                )
+            if not Path(self.prompt_cache).expanduser().is_dir():
+                raise ValueError(
+                    f'text_encoders = "none" reads every prompt from prompt_cache, but '
+                    f"{self.prompt_cache} does not exist (relative paths are read from the "
+                    f"working directory, {Path.cwd()}); fill it first with text_encoders = "
+                    '"device" or "offload"'
+                )
         return self

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from gdmd.errors import ContractError
 from gdmd.interfaces import Conditioning
+from gdmd.models.sd3.prompt_cache import (
+    EncoderIdentity,
+    PromptCache,
+    PromptCacheError,
+    describe_missing,
+)
 
 
 @dataclass(frozen=True)
@@ -39,19 +46,50 @@ class SD3SharedComponents:
     vae: Any
     scheduler_config: dict[str, Any]
     pipeline: ModelRef
+    #: Where conditionings are returned and the encoders run (the models' device).
+    compute_device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: Whether the conditioning has T5 states (``drop_t5`` false), loaded or not.
+    uses_t5: bool = True
+    #: ``text_encoders = "offload"``: the encoders wait on the CPU between encodes.
+    offload: bool = False
+    #: ``prompt_cache``: the folder of cached conditionings, or ``None``.
+    cache_root: Path | None = None
     #: Empty-prompt conditioning for CFG, by total sequence length (computed once each).
     uncond_cache: dict[int, Conditioning] = field(default_factory=dict)
+    #: The open caches, by T5 length.
+    _caches: dict[int, PromptCache] = field(default_factory=dict)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SD3SharedComponents:
         return self
 
     @property
     def device(self) -> torch.device:
-        return next(self.text_encoder.parameters()).device
+        return self.compute_device
+
+    @property
+    def has_encoders(self) -> bool:
+        """Whether the text encoders are loaded (not with ``text_encoders = "none"``)."""
+        return self.text_encoder is not None
 
     @property
     def clip_length(self) -> int:
-        return int(self.tokenizer.model_max_length)
+        # SD3's CLIP tokenizers pad to 77; without tokenizers (no encoders) that is the length.
+        return int(self.tokenizer.model_max_length) if self.tokenizer is not None else 77
+
+    def prompt_cache(self, max_sequence_length: int) -> PromptCache | None:
+        """The cache for conditionings of ``max_sequence_length`` T5 tokens, if any."""
+        if self.cache_root is None:
+            return None
+        if max_sequence_length not in self._caches:
+            identity = EncoderIdentity(
+                self.pipeline.model,
+                self.pipeline.revision,
+                self.pipeline.variant,
+                max_sequence_length,
+                self.uses_t5,
+            )
+            self._caches[max_sequence_length] = PromptCache(self.cache_root, identity)
+        return self._caches[max_sequence_length]
 
     @torch.no_grad()
     def encode(
@@ -63,7 +101,41 @@ class SD3SharedComponents:
         penultimate hidden states side by side, zero-padded to the T5 width, followed by the T5
         states (zeros without T5). ``pooled_prompt_embeds`` ``[B, 2048]``: both CLIPs'
         projected pooled outputs side by side.
+
+        With a prompt cache, prompts not yet in it are encoded and written to it, and the
+        whole batch is read from it; without encoders, a prompt outside it is an error.
         """
+        cache = self.prompt_cache(max_sequence_length)
+        if cache is None:
+            return self._run_encoders(prompts, max_sequence_length, joint_attention_dim)
+        missing = list(dict.fromkeys(cache.missing(prompts)))
+        if missing:
+            if not self.has_encoders:
+                raise PromptCacheError(describe_missing(missing, cache))
+            cache.add(
+                missing, self._run_encoders(missing, max_sequence_length, joint_attention_dim)
+            )
+        return {k: v.to(self.device) for k, v in cache.lookup(prompts).items()}
+
+    def _run_encoders(
+        self, prompts: list[str], max_sequence_length: int, joint_attention_dim: int
+    ) -> Conditioning:
+        if not self.offload:
+            return self._encode(prompts, max_sequence_length, joint_attention_dim)
+        encoders = [self.text_encoder, self.text_encoder_2, self.text_encoder_3]
+        for encoder in encoders:
+            if encoder is not None:
+                encoder.to(self.device)
+        try:
+            return self._encode(prompts, max_sequence_length, joint_attention_dim)
+        finally:
+            for encoder in encoders:
+                if encoder is not None:
+                    encoder.to("cpu")
+
+    def _encode(
+        self, prompts: list[str], max_sequence_length: int, joint_attention_dim: int
+    ) -> Conditioning:
         device = self.device
         hidden, pooled = [], []
         for tokenizer, encoder in (

@@ -29,6 +29,7 @@ from gdmd.models.sd3.common import EXPORT_METADATA, SD3ConfigError, SD3ExportErr
 
 if TYPE_CHECKING:
     from gdmd.interfaces import ExportInfo
+    from gdmd.models.sd3.encoders import SD3SharedComponents
     from gdmd.models.sd3.model import SD3Model
 
 EXPORT_FORMATS: tuple[str, ...] = ("lora", "merged")
@@ -97,7 +98,7 @@ def _write_lora(model: SD3Model, directory: Path, timesteps: list[float]) -> Pat
         "revision": model.shared.pipeline.revision,
         "timesteps": timesteps,
         "guidance_scale": 1.0,
-        "without_t5": model.shared.text_encoder_3 is None,
+        "without_t5": not model.shared.uses_t5,
         "max_sequence_length": model.max_sequence_length,
         "resolution": model.resolution,
     }
@@ -112,7 +113,7 @@ def _dtype_name(dtype: torch.dtype | None) -> str:
 def load_code(model: SD3Model, format: str, info: ExportInfo) -> str:
     """The model card's diffusers snippet: load the export and draw ``gdmd sample``'s image
     of :data:`CARD_PROMPT` at seed 0 (exactly on the CPU; see :func:`model_card`)."""
-    no_t5 = model.shared.text_encoder_3 is None
+    no_t5 = not model.shared.uses_t5
     t5 = ", text_encoder_3=None, tokenizer_3=None" if no_t5 else ""
     dtype = _dtype_name(info.dtype)
     source = model.shared.pipeline.model if format == "lora" else CARD_FOLDER
@@ -193,21 +194,17 @@ def export_pipeline(
                 f"student_timesteps must be decreasing flow times in (0, 1], got {times}"
             )
         scheduler_config = student_scheduler_config(scheduler_config)
+    text = _text_components(shared)
     pipe: Any = StableDiffusion3Pipeline(
         transformer=_plain_copy(model, merge=True, dtype=dtype),
         scheduler=FlowMatchEulerDiscreteScheduler.from_config(scheduler_config),
         vae=shared.vae,
-        text_encoder=shared.text_encoder,
-        tokenizer=shared.tokenizer,
-        text_encoder_2=shared.text_encoder_2,
-        tokenizer_2=shared.tokenizer_2,
-        text_encoder_3=shared.text_encoder_3,
-        tokenizer_3=shared.tokenizer_3,
+        **text,
     )
     directory = Path(directory)
     pipe.save_pretrained(directory, safe_serialization=True)
 
-    without_t5 = shared.text_encoder_3 is None
+    without_t5 = not shared.uses_t5
     load = "StableDiffusion3Pipeline.from_pretrained(dir" + (
         ", text_encoder_3=None, tokenizer_3=None)" if without_t5 else ")"
     )
@@ -253,6 +250,31 @@ def _what(model: SD3Model, format: str) -> str:
     return "a complete diffusers pipeline (fully fine-tuned transformer)"
 
 
+def _text_components(shared: SD3SharedComponents) -> dict[str, Any]:
+    """The pipeline's text encoders and tokenizers: the model's own, or, for a model built
+    without them (``text_encoders = "none"``), loaded from its pipeline for the export."""
+    names = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+    names += ("text_encoder_3", "tokenizer_3")
+    if shared.has_encoders:
+        return {name: getattr(shared, name) for name in names}
+    from diffusers import StableDiffusion3Pipeline
+
+    from gdmd.models.sd3.loading import _dtype_kwarg
+
+    ref = shared.pipeline
+    skip = {"transformer": None, "vae": None}
+    if not shared.uses_t5:
+        skip.update(text_encoder_3=None, tokenizer_3=None)
+    source = StableDiffusion3Pipeline.from_pretrained(
+        ref.model,
+        revision=ref.revision,
+        variant=ref.variant,
+        **_dtype_kwarg(shared.vae.dtype),
+        **skip,
+    )
+    return {name: getattr(source, name) for name in names}
+
+
 def _settings_table(model: SD3Model, info: ExportInfo) -> str:
     times = list(info.student_timesteps)
     target_options = ", ".join(f"{k} = {v!r}" for k, v in info.target_options.items())
@@ -260,7 +282,7 @@ def _settings_table(model: SD3Model, info: ExportInfo) -> str:
     t5 = (
         "not used (trained with zeros in its slot): load with `text_encoder_3=None, "
         "tokenizer_3=None`"
-        if model.shared.text_encoder_3 is None
+        if not model.shared.uses_t5
         else "used"
     )
     rows = [

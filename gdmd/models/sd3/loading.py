@@ -179,11 +179,27 @@ def _check_same_pipeline(config: SD3Config, source: SD3Model) -> None:
             f"{key} = {mine!r} differs from the init_from model's {theirs!r}; a model built "
             f"with init_from shares that model's pipeline, so leave {key} unset"
         )
-    has_t5 = source.shared.text_encoder_3 is not None
+    has_t5 = source.shared.uses_t5
     if "drop_t5" in config.model_fields_set and config.drop_t5 == has_t5:
         raise SD3ConfigError(
             f"drop_t5 = {str(config.drop_t5).lower()} differs from the init_from model, which "
             f"was loaded {'with' if has_t5 else 'without'} T5; leave drop_t5 unset"
+        )
+    shared = source.shared
+    theirs_encoders = "offload" if shared.offload else "device" if shared.has_encoders else "none"
+    if "text_encoders" in config.model_fields_set and config.text_encoders != theirs_encoders:
+        raise SD3ConfigError(
+            f"text_encoders = {config.text_encoders!r} differs from the init_from model's "
+            f"{theirs_encoders!r}; a model built with init_from shares its text encoders, so "
+            "leave text_encoders unset"
+        )
+    if config.prompt_cache is not None and (
+        shared.cache_root != Path(config.prompt_cache).expanduser().resolve()
+    ):
+        raise SD3ConfigError(
+            f"prompt_cache = {config.prompt_cache!r} differs from the init_from model's "
+            f"{str(shared.cache_root) if shared.cache_root else None!r}; a model built with "
+            "init_from shares its text encoders and their cache, so leave prompt_cache unset"
         )
 
 
@@ -215,9 +231,9 @@ def _load(config: SD3Config, dtype: torch.dtype, device: torch.device) -> _Loade
             )
         model = str(local.resolve()) if local.is_dir() else config.model
         pipeline_ref = ModelRef(model, config.revision, config.variant)
-        pipe = _load_pipeline(pipeline_ref, dtype, config.drop_t5)
+        pipe = _load_pipeline(pipeline_ref, dtype, config.drop_t5, encoders=_loads_encoders(config))
         return _Loaded(
-            _shared_from(pipe, pipeline_ref, device),
+            _shared_from(pipe, pipeline_ref, device, config),
             pipe.transformer.to(device),
             ModelRef(model, config.revision, config.variant, subfolder="transformer"),
             None,
@@ -244,12 +260,14 @@ def _load(config: SD3Config, dtype: torch.dtype, device: torch.device) -> _Loade
         transformer = None  # the pipeline loads its own
     else:
         transformer = _load_transformer(weights, dtype)
-    pipe = _load_pipeline(pipeline_ref, dtype, config.drop_t5, transformer)
+    pipe = _load_pipeline(
+        pipeline_ref, dtype, config.drop_t5, transformer, encoders=_loads_encoders(config)
+    )
     # Only the pipeline's own transformer is a lasting reference: a save directory such as a
     # checkpoint may be deleted, so a model loaded from one writes its base out in full.
     base = weights if weights == pipeline_transformer else None
     return _Loaded(
-        _shared_from(pipe, pipeline_ref, device),
+        _shared_from(pipe, pipeline_ref, device, config),
         pipe.transformer.to(device),
         base,
         lora,
@@ -322,6 +340,8 @@ def _load_pipeline(
     dtype: torch.dtype,
     drop_t5: bool,
     transformer: SD3Transformer2DModel | None = None,
+    *,
+    encoders: bool = True,
 ) -> StableDiffusion3Pipeline:
     from diffusers import StableDiffusion3Pipeline
 
@@ -341,8 +361,10 @@ def _load_pipeline(
     overrides: dict[str, Any] = {}
     if transformer is not None:
         overrides["transformer"] = transformer
-    if drop_t5:
+    if drop_t5 or not encoders:
         overrides.update(text_encoder_3=None, tokenizer_3=None)
+    if not encoders:
+        overrides.update(text_encoder=None, tokenizer=None, text_encoder_2=None, tokenizer_2=None)
     try:
         return StableDiffusion3Pipeline.from_pretrained(
             ref.model,
@@ -426,13 +448,20 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def _loads_encoders(config: SD3Config) -> bool:
+    return config.text_encoders != "none"
+
+
 def _shared_from(
-    pipe: StableDiffusion3Pipeline, ref: ModelRef, device: torch.device
+    pipe: StableDiffusion3Pipeline, ref: ModelRef, device: torch.device, config: SD3Config
 ) -> SD3SharedComponents:
-    frozen = [pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, pipe.vae]
-    for module in frozen:
+    offload = config.text_encoders == "offload"
+    encoders = [pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3]
+    for module in [*encoders, pipe.vae]:
         if module is not None:
-            module.requires_grad_(False).eval().to(device)
+            module.requires_grad_(False).eval()
+            module.to("cpu" if offload and module is not pipe.vae else device)
+    cache = Path(config.prompt_cache).expanduser().resolve() if config.prompt_cache else None
     return SD3SharedComponents(
         text_encoder=pipe.text_encoder,
         text_encoder_2=pipe.text_encoder_2,
@@ -443,4 +472,8 @@ def _shared_from(
         vae=pipe.vae,
         scheduler_config=dict(pipe.scheduler.config),
         pipeline=ref,
+        compute_device=torch.device(device),
+        uses_t5=not config.drop_t5,
+        offload=offload,
+        cache_root=cache,
     )
