@@ -1,12 +1,13 @@
 """Reports of evaluated models: the terminal table, ``eval.json``, ``eval.md`` and the
-comparison grid ``gdmd eval`` writes."""
+comparison grid ``gdmd eval`` writes, and the markdown of a prompt-set evaluation
+(:func:`suite_markdown`)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -87,3 +88,128 @@ def write_report(
     (folder / "eval.json").write_text(json.dumps([r.to_json() for r in results], indent=1) + "\n")
     (folder / "eval.md").write_text(results_markdown(results))
     return [folder / "eval.json", folder / "eval.md", folder / "comparison.png"]
+
+
+def _interval_text(cell: dict[str, float] | None) -> str:
+    if cell is None:
+        return "-"
+    return f"{_fmt(cell['mean'])} [{_fmt(cell['low'])}, {_fmt(cell['high'])}]"
+
+
+def _groups_of(table: dict[str, dict[str, dict[str, float]]]) -> list[str]:
+    groups: list[str] = []
+    for row in table.values():
+        groups += [g for g in row if g not in groups]
+    return groups
+
+
+def suite_markdown(summary: dict[str, Any]) -> str:
+    """``eval.md`` of a prompt-set evaluation (:func:`gdmd.eval.suite.run_suite`): the
+    tables of ``eval.json``, each cell ``mean [low, high]`` (95 % bootstrap over prompts)."""
+    prompts = summary.get("prompts", {})
+    models = list(summary["models"])
+    metrics = list(summary["metrics"])
+    where = prompts.get("path", "the prompt set")
+    lines = [
+        "# Evaluation",
+        "",
+        f"{prompts.get('count', '?')} prompts from `{where}` "
+        f"(format {prompts.get('format', '?')}), seeds {summary['seeds']}; "
+        f"models: {', '.join(models)}. Cells: mean [low, high], a 95 % bootstrap interval "
+        "that resamples prompts.",
+        "",
+        "## Means",
+        "",
+        "| model | " + " | ".join(metrics) + " |",
+        "|---|" + "---:|" * len(metrics),
+    ]
+    for model in models:
+        cells = [_interval_text(summary["means"][m][model].get("all")) for m in metrics]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    differences = summary.get("differences", {})
+    if differences:
+        pairs = list(next(iter(differences.values())))
+        lines += [
+            "",
+            "## Paired differences",
+            "",
+            "Per (prompt, seed), over the same prompts and starting noise; an interval that "
+            "excludes 0 is a difference this prompt set resolves.",
+            "",
+            "| difference | " + " | ".join(metrics) + " |",
+            "|---|" + "---:|" * len(metrics),
+        ]
+        for pair in pairs:
+            cells = [_interval_text(differences[m][pair].get("all")) for m in metrics]
+            lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+    for metric in metrics:
+        groups = [g for g in _groups_of(summary["means"][metric]) if g != "all"]
+        if not groups:
+            continue
+        lines += [
+            "",
+            f"## {metric} per category",
+            "",
+            "| model | " + " | ".join(groups) + " |",
+            "|---|" + "---:|" * len(groups),
+        ]
+        for model in models:
+            row = summary["means"][metric][model]
+            lines.append(
+                f"| {model} | " + " | ".join(_interval_text(row.get(g)) for g in groups) + " |"
+            )
+    for metric, table in summary.get("geneval", {}).items():
+        tasks = _task_names(table)
+        lines += [
+            "",
+            f"## GenEval ({metric})",
+            "",
+            "Overall: the unweighted mean of the task accuracies.",
+            "",
+            "| model | overall | " + " | ".join(tasks) + " |",
+            "|---|---:|" + "---:|" * len(tasks),
+        ]
+        for model, scores in table.items():
+            cells = [_fmt(scores["tasks"].get(t)) for t in tasks]
+            lines.append(f"| {model} | {_fmt(scores['overall'])} | " + " | ".join(cells) + " |")
+    frechet = summary.get("frechet") or {}
+    lines += ["", "## Fréchet distance to the teacher (CLIP space)", ""]
+    if "values" in frechet:
+        lines += [
+            f"Image embeddings of `{frechet['clip_model']}`; not FID, lower is closer.",
+            "",
+            "| model | distance |",
+            "|---|---:|",
+        ]
+        lines += [f"| {model} | {_fmt(value)} |" for model, value in frechet["values"].items()]
+    else:
+        lines.append(f"Skipped: {frechet.get('skipped', 'not computed')}.")
+    return "\n".join(lines) + "\n"
+
+
+def _task_names(table: dict[str, Any]) -> list[str]:
+    names: list[str] = []
+    for scores in table.values():
+        names += [t for t in scores["tasks"] if t not in names]
+    return names
+
+
+def suite_table(summary: dict[str, Any]) -> Table:
+    """The terminal table of a prompt-set evaluation: one row per metric, one column per
+    model, each cell ``mean [low, high]``; then the paired differences."""
+    from rich import box
+    from rich.table import Table
+
+    models = list(summary["models"])
+    table = Table(
+        title="evaluation: mean [95 % interval]", title_justify="left", box=box.SIMPLE_HEAD
+    )
+    table.add_column("metric", style="bold")
+    for model in models:
+        table.add_column(model, justify="right")
+    for metric, by_model in summary["means"].items():
+        table.add_row(metric, *(_interval_text(by_model[m].get("all")) for m in models))
+    for metric, by_pair in summary.get("differences", {}).items():
+        for pair, groups in by_pair.items():
+            table.add_row(f"{metric}: {pair}", _interval_text(groups.get("all")))
+    return table
