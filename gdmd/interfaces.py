@@ -241,6 +241,11 @@ class TargetStrategy(Protocol):
     #: How many critic states the loop keeps from each step's critic updates (the newest),
     #: for ``TargetContext.fake_x0(..., snapshot=i)``; 0 when only the current critic is used.
     critic_snapshots: int
+    #: How many consecutive rows of the student batch share one prompt: with ``R``, rows
+    #: ``i * R`` to ``(i + 1) * R - 1`` are ``R`` samples of the same prompt from different
+    #: noise (a group of samples, as GRPO's); 1 when every row has its own prompt. The
+    #: per-process batch must be a multiple of it.
+    prompt_repeats: int
 
     def __call__(self, ctx: TargetContext) -> TargetOutput: ...
 

@@ -50,13 +50,19 @@ def group_times(ctx: TargetContext, b: int, k: int, times: GroupTimes) -> torch.
         return ctx.sample_t(b * k)
     if times == "shared":
         return ctx.sample_t(b).repeat_interleave(k, dim=0)
+    return _stratified(ctx, ctx.sample_t(b), k).reshape(b * k)
+
+
+def _stratified(ctx: TargetContext, first: torch.Tensor, k: int) -> torch.Tensor:
+    """``[n, K]`` times: group ``i``'s draw ``first[i]`` rescaled to ``u`` on the renoise
+    range, then ``low + (high - low) * (j + u) / K`` for ``j = 0 .. K-1``."""
     if ctx.renoise_range is None:
         raise ValueError("stratified renoise times need TargetContext.renoise_range")
     low, high = ctx.renoise_range
-    u = ((ctx.sample_t(b).double() - low) / (high - low)).clamp(0.0, 1.0 - 1e-9)
+    u = ((first.double() - low) / (high - low)).clamp(0.0, 1.0 - 1e-9)
     slot = torch.arange(k, dtype=torch.float64, device=u.device)
     lattice = (slot.unsqueeze(0) + u.unsqueeze(1)) / k
-    return (low + (high - low) * lattice).reshape(b * k).float()
+    return (low + (high - low) * lattice).float()
 
 
 def target_group(
@@ -82,6 +88,16 @@ def target_group(
         ).to(device=x.device, dtype=x.dtype)
     if shared_noise:
         noise = noise.repeat_interleave(k, dim=0)
+    return targets_at(ctx, t, noise, k, vary_fake)
+
+
+def targets_at(
+    ctx: TargetContext, t: torch.Tensor, noise: torch.Tensor, k: int, vary_fake: bool
+) -> TargetGroup:
+    """The ``K`` implicit targets per sample of :func:`target_group` at given renoise times
+    ``t`` ``[B * K]`` and noise ``[B * K, ...]`` (sample ``i`` owns rows ``i*K .. i*K + K-1``)."""
+    x = ctx.x.detach()
+    b = x.shape[0]
     xk = x.repeat_interleave(k, dim=0)
     x_t = ctx.schedule.add_noise(xk, noise, t.to(x.device))
     t = t.to(x.device)
@@ -111,6 +127,37 @@ def target_group(
         times=t.float().reshape(b, k),
         metrics=metrics,
     )
+
+
+def sample_group(ctx: TargetContext, k: int, times: GroupTimes) -> TargetGroup:
+    """One implicit target per sample for a batch of prompt groups: rows ``i*K .. i*K + K-1``
+    are ``K`` student samples of one prompt (``TargetStrategy.prompt_repeats = K``).
+
+    Every row draws one renoise time and one noise tensor from its own draws; ``times`` lays
+    the times out over each prompt's ``K`` rows as :func:`group_times` does over a sample's
+    ``K`` targets: ``"independent"`` keeps each row's time, ``"shared"`` gives all ``K`` rows
+    the first row's, ``"stratified"`` places them on the first row's shifted lattice. Returns
+    ``[B, 1, ...]`` targets (and gradients, directions, times ``[B, 1]``): each sample's own
+    DMD target, made with the current critic.
+    """
+    x = ctx.x.detach()
+    b = x.shape[0]
+    if b % k:
+        raise ValueError(f"a batch of {b} samples is not a whole number of groups of {k}")
+    drawn = ctx.sample_t(b).reshape(b // k, k)
+    if times == "independent":
+        t = drawn
+    elif times == "shared":
+        t = drawn[:, :1].expand(b // k, k)
+    else:
+        t = _stratified(ctx, drawn[:, 0], k)
+    if ctx.sample_noise is not None:
+        noise = ctx.sample_noise(b).to(device=x.device, dtype=x.dtype)
+    else:
+        noise = torch.randn(
+            x.shape, generator=ctx.generator, device=ctx.generator.device
+        ).to(device=x.device, dtype=x.dtype)
+    return targets_at(ctx, t.reshape(b), noise, 1, vary_fake=False)
 
 
 def dmd_targets(

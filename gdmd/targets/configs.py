@@ -16,7 +16,21 @@ class DMDConfig(ComponentConfig):
 class GDMDConfig(ComponentConfig):
     """Options of the ``gdmd`` target strategy."""
 
-    k: int = Field(4, ge=2, le=64, description="Targets per sample (the group size K).")
+    k: int = Field(
+        4,
+        ge=2,
+        le=64,
+        description='The group size K: targets per sample (group = "targets"), or samples per '
+        'prompt (group = "samples").',
+    )
+    group: Literal["targets", "samples"] = Field(
+        "targets",
+        description='What a group is: "targets": K DMD targets of one student sample (varied '
+        'per vary); "samples": K student samples of one prompt (different initial noise), '
+        "one DMD target each, advantages taken over the prompt's K samples (GRPO's group). "
+        "With \"samples\" the student batch holds each prompt K times in a row, so [train] "
+        "batch_size must be a multiple of k.",
+    )
     vary: Literal["t", "fake", "both"] = Field(
         "t",
         description='What differs between a group\'s targets: renoise time and noise ("t"), '
@@ -59,7 +73,8 @@ class GDMDConfig(ComponentConfig):
         description='How a t-varied group draws its renoise times (vary = "t" or "both"): '
         '"independent": one time per target; "shared": one time per group, only the noise '
         'differs; "stratified": one time in each K-th of [train] renoise_range (a randomly '
-        "shifted lattice). The noise differs between targets in all three.",
+        "shifted lattice). The noise differs between targets in all three. With group = "
+        '"samples" the group is a prompt\'s K samples, each with one target.',
     )
     t_baseline: bool = Field(
         False,
@@ -77,6 +92,11 @@ class GDMDConfig(ComponentConfig):
 
     @model_validator(mode="after")
     def _group_t_needs_t(self) -> GDMDConfig:
+        if self.group == "samples" and self.vary != "t":
+            raise ValueError(
+                f'vary = "{self.vary}" needs group = "targets": with group = "samples" each '
+                "sample has one target, made with the current critic"
+            )
         if self.group_t != "independent" and self.vary == "fake":
             raise ValueError(
                 f'group_t = "{self.group_t}" needs vary = "t" or "both": with vary = "fake" '

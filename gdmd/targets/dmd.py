@@ -14,6 +14,7 @@ class DMDTarget:
     needs_rewards = False
     needs_differentiable_reward = False
     critic_snapshots = 0
+    prompt_repeats = 1
 
     def __call__(self, ctx: TargetContext) -> TargetOutput:
         targets, metrics = dmd_targets(ctx, k=1, vary_t=True, vary_fake=False)

@@ -21,6 +21,7 @@ class DMDRTarget:
     needs_rewards = True
     needs_differentiable_reward = True
     critic_snapshots = 0
+    prompt_repeats = 1
 
     def __init__(self, config: DMDRConfig) -> None:
         self.config = config

@@ -11,6 +11,14 @@ lays out a t-group's times (independent, shared, stratified), ``t_baseline`` rem
 batch's reward-against-t line before the advantages, and before ``reward_start_step`` the
 update is plain DMD over the group. No gradient flows through decoder or reward, so any
 reward works, including a non-differentiable one.
+
+``group = "samples"`` forms the group from ``K`` student samples of one prompt instead (GRPO's
+group, Shao et al. 2024, on DMD targets rather than raw samples): the loop puts each prompt
+in ``K`` consecutive rows (:attr:`prompt_repeats`), each sample gets its own single DMD
+target, its scored tensor is scored, and the advantages are taken over the prompt's ``K``
+samples. Sample ``b``'s DMD regression is weighted ``alpha + beta * A_b``: samples whose
+targets score above their prompt's mean take a larger DMD step, those below a smaller one
+(or, with ``beta > alpha``, a step against DMD's direction).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import torch
 from gdmd.interfaces import TargetContext, TargetOutput
 from gdmd.losses import gdmd_weights, group_advantages, remove_time_trend
 from gdmd.targets.chunking import chunked_context
-from gdmd.targets.common import score, target_group
+from gdmd.targets.common import TargetGroup, sample_group, score, target_group
 from gdmd.targets.configs import GDMDConfig
 
 
@@ -35,39 +43,35 @@ class GDMDTarget:
         #: Critic states the loop keeps from its inner loop: one per target of a group
         #: varied in the critic (``vary = "fake"`` or ``"both"``), none otherwise.
         self.critic_snapshots: int = config.k if config.vary in ("fake", "both") else 0
+        #: ``group = "samples"``: each prompt fills ``k`` consecutive rows of the batch.
+        self.prompt_repeats: int = config.k if config.group == "samples" else 1
 
     def __call__(self, ctx: TargetContext) -> TargetOutput:
         cfg = self.config
         ctx = chunked_context(ctx, cfg.chunk_size)
-        vary_t = cfg.vary in ("t", "both")
-        vary_fake = cfg.vary in ("fake", "both")
-        group = target_group(
-            ctx,
-            cfg.k,
-            times=cfg.group_t if vary_t else "shared",
-            shared_noise=not vary_t,
-            vary_fake=vary_fake,
-        )
+        group = self._group(ctx)
         targets, metrics = group.targets, group.metrics
-        b = targets.shape[0]
+        b, per_row = targets.shape[:2]
         if ctx.step < cfg.reward_start_step:
             # DMD warm-up: the group's plain DMD update, nothing scored.
             metrics["gdmd/reward_active"] = 0.0
             return TargetOutput(
                 targets=targets,
-                weights=torch.ones(b, cfg.k, device=targets.device),
+                weights=torch.ones(b, per_row, device=targets.device),
                 metrics=metrics,
             )
-        prompts = [p for p in ctx.prompts for _ in range(cfg.k)]
+        prompts = [p for p in ctx.prompts for _ in range(per_row)]
         direction = group.gradients if cfg.scored == "normalised" else group.directions
         scored = ctx.x.detach().float().unsqueeze(1) - cfg.score_step * direction
         with torch.no_grad():
             images = ctx.decoder.decode(
-                scored.to(targets.dtype).reshape(b * cfg.k, *targets.shape[2:])
+                scored.to(targets.dtype).reshape(b * per_row, *targets.shape[2:])
             )
+            # [groups, K]: a sample's K targets, or a prompt's K samples (rows in order).
             rewards, reward_metrics = score(ctx, images, prompts, group=cfg.k)
         if cfg.t_baseline:
-            rewards = remove_time_trend(rewards, group.times.to(rewards.device))
+            times = group.times.reshape(rewards.shape)
+            rewards = remove_time_trend(rewards, times.to(rewards.device))
         advantages = group_advantages(rewards, cfg.clip)
         if cfg.weighting == "advantage":
             weights = gdmd_weights(advantages, cfg.alpha, cfg.beta)
@@ -81,4 +85,21 @@ class GDMDTarget:
         metrics["gdmd/weight_min"] = float(weights.min())
         metrics["gdmd/weight_max"] = float(weights.max())
         metrics["gdmd/reward_active"] = 1.0
-        return TargetOutput(targets=targets, weights=weights.detach(), metrics=metrics)
+        return TargetOutput(
+            targets=targets, weights=weights.detach().reshape(b, per_row), metrics=metrics
+        )
+
+    def _group(self, ctx: TargetContext) -> TargetGroup:
+        """The targets of the configured group: ``[B, K, ...]`` for a group of targets,
+        ``[B, 1, ...]`` for a group of samples."""
+        cfg = self.config
+        if cfg.group == "samples":
+            return sample_group(ctx, cfg.k, cfg.group_t)
+        vary_t = cfg.vary in ("t", "both")
+        return target_group(
+            ctx,
+            cfg.k,
+            times=cfg.group_t if vary_t else "shared",
+            shared_noise=not vary_t,
+            vary_fake=cfg.vary in ("fake", "both"),
+        )

@@ -19,6 +19,7 @@ class RewardWeightedTarget:
     needs_rewards = True
     needs_differentiable_reward = False
     critic_snapshots = 0
+    prompt_repeats = 1
 
     def __init__(self, config: RewardWeightedConfig) -> None:
         self.config = config

@@ -352,11 +352,13 @@ def _target_context(
     snapshots: int,
     seed: int,
     with_sample_noise: bool,
+    repeats: int = 1,
 ) -> TargetContext:
     """A step context whose teacher and critic are fixed linear maps of ``x_t`` (different
     for every critic snapshot), checking how the strategy calls them. With
     ``with_sample_noise``, ``sample_noise`` is set as in the training loop; without, it is
-    ``None`` as outside it."""
+    ``None`` as outside it. Each prompt fills ``repeats`` consecutive rows, as the loop lays
+    out a strategy's ``prompt_repeats``."""
     from gdmd.schedules import FlowMatchingSchedule
 
     batch = x.shape[0]
@@ -404,7 +406,9 @@ def _target_context(
 
     return TargetContext(
         x=x,
-        prompts=[CONTRACT_PROMPTS[i % len(CONTRACT_PROMPTS)] for i in range(batch)],
+        prompts=[
+            CONTRACT_PROMPTS[(i // repeats) % len(CONTRACT_PROMPTS)] for i in range(batch)
+        ],
         cond_real=cond,
         cond_fake=cond,
         schedule=FlowMatchingSchedule(),
@@ -538,8 +542,11 @@ def assert_target_contract(
     (default: one differentiable stand-in when ``target.needs_rewards``, none otherwise).
     It must:
 
-    * have boolean attributes ``needs_rewards`` and ``needs_differentiable_reward``, and a
-      non-negative integer ``critic_snapshots`` (0 when it uses only the current critic);
+    * have boolean attributes ``needs_rewards`` and ``needs_differentiable_reward``, a
+      non-negative integer ``critic_snapshots`` (0 when it uses only the current critic) and
+      a positive integer ``prompt_repeats`` (1 when every sample has its own prompt; with
+      ``R``, the batch is rounded up to a multiple of ``R`` and each prompt fills ``R``
+      consecutive rows, as in the loop);
     * call the teacher and critic with ``x_t [N, ...]``, ``t [N]`` and a conditioning of
       batch ``N``, and ask only for critic snapshots that were kept;
     * return a :class:`~gdmd.interfaces.TargetOutput`: detached, finite targets
@@ -573,6 +580,17 @@ def assert_target_contract(
         isinstance(snapshots, int) and not isinstance(snapshots, bool) and snapshots >= 0,
         f"{who} has critic_snapshots = {snapshots!r}, expected a non-negative int",
     )
+    _check(
+        hasattr(target, "prompt_repeats"),
+        f"{who} must have an attribute `prompt_repeats`: how many consecutive rows of the "
+        "student batch share a prompt (1 when every sample has its own)",
+    )
+    repeats = target.prompt_repeats
+    _check(
+        isinstance(repeats, int) and not isinstance(repeats, bool) and repeats >= 1,
+        f"{who} has prompt_repeats = {repeats!r}, expected a positive int",
+    )
+    batch_size = -(-batch_size // repeats) * repeats
     if rewards is None:
         contract_reward = WeightedReward("contract", _ContractReward(who), 1.0, "group")
         rewards = [contract_reward] if target.needs_rewards else []
@@ -587,7 +605,9 @@ def assert_target_contract(
     outputs = []
     # Twice as the loop calls it (to compare), once without ctx.sample_noise (as outside it).
     for global_seed, with_sample_noise in ((seed + 1, True), (seed + 2, True), (seed, False)):
-        ctx = _target_context(who, x, list(rewards), snapshots, seed, with_sample_noise)
+        ctx = _target_context(
+            who, x, list(rewards), snapshots, seed, with_sample_noise, repeats
+        )
         output, backward_calls = _run_target(target, who, ctx, global_seed)
         _check(
             backward_calls == 0 and base.grad is None,

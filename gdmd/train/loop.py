@@ -3,7 +3,10 @@
 Each student update (DMD2's two-time-scale rule, Yin et al. 2024):
 
 0. Every prompt batch of the update is drawn and encoded up front, in one text-encoder call;
-   each phase reuses its batch's conditioning (teacher, critic and student alike).
+   each phase reuses its batch's conditioning (teacher, critic and student alike). The
+   student's batch holds each prompt in ``prompt_repeats`` consecutive rows when the target
+   strategy asks for it (:attr:`gdmd.interfaces.TargetStrategy.prompt_repeats`: GDMD's
+   ``group = "samples"``).
 1. ``critic_steps`` critic updates: a fresh no-grad student sample by backward simulation,
    then the teacher's own denoising loss on it (the critic tracks the student's distribution).
    The critic's states after each update are kept when the target strategy asks for them
@@ -40,7 +43,7 @@ from typing import Any, NoReturn
 import torch
 from accelerate import Accelerator
 
-from gdmd.errors import ContractError, GdmdError, NonFiniteError, RunInterrupted
+from gdmd.errors import ContractError, GdmdError, NonFiniteError, RecipeError, RunInterrupted
 from gdmd.interfaces import Conditioning, DiffusionModel, TargetContext, TargetStrategy
 from gdmd.losses import denoising_loss, group_target_loss
 from gdmd.schedules import RenoiseSampler
@@ -69,6 +72,7 @@ __all__ = [
     "checkpoint_payload",
     "critic_snapshots",
     "prepare_state",
+    "prompt_repeats",
     "renoise_sampler",
     "restore_payload",
     "train",
@@ -106,6 +110,8 @@ class LoopContext:
     critic_params: list[torch.Tensor]
     #: How many critic states to keep (the target strategy's ``critic_snapshots``).
     snapshots_wanted: int
+    #: Consecutive student rows that share a prompt (the strategy's ``prompt_repeats``).
+    prompt_repeats: int
     #: Critic states kept after this step's critic updates (the newest last).
     snapshots: list[dict[str, torch.Tensor]] = field(default_factory=list)
 
@@ -213,6 +219,7 @@ def _start(
         student_params=[p for p in state.student.parameters() if p.requires_grad],
         critic_params=[p for p in state.critic.parameters() if p.requires_grad],
         snapshots_wanted=critic_snapshots(parts.target),
+        prompt_repeats=prompt_repeats(parts.target, settings.train.batch_size),
     )
 
 
@@ -223,7 +230,8 @@ def critic_snapshots(target: TargetStrategy) -> int:
             f"target strategy {type(target).__module__}.{type(target).__qualname__} does not "
             "implement gdmd.interfaces.TargetStrategy: it needs the attributes needs_rewards, "
             "needs_differentiable_reward, critic_snapshots (0 when it uses only the current "
-            "critic) and a __call__ method"
+            "critic), prompt_repeats (1 when every sample has its own prompt) and a __call__ "
+            "method"
         )
     wanted = target.critic_snapshots
     if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 0:
@@ -232,6 +240,27 @@ def critic_snapshots(target: TargetStrategy) -> int:
             "expected a non-negative int"
         )
     return wanted
+
+
+def prompt_repeats(target: TargetStrategy, batch_size: int) -> int:
+    """How many consecutive student rows ``target`` wants per prompt, checked against the
+    per-process ``batch_size`` (each process must hold whole prompt groups)."""
+    repeats = target.prompt_repeats
+    if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+        raise ContractError(
+            f"target strategy {type(target).__qualname__} has prompt_repeats = {repeats!r}, "
+            "expected a positive int"
+        )
+    if batch_size % repeats:
+        raise RecipeError(
+            [
+                f"[train] batch_size: {batch_size} is not a multiple of {repeats}, the samples "
+                f"per prompt the target strategy {type(target).__qualname__} asks for "
+                '([target] k with group = "samples"); each process\'s batch must hold whole '
+                "groups of samples"
+            ]
+        )
+    return repeats
 
 
 # -- 0. prompts --------------------------------------------------------------------------------
@@ -245,7 +274,8 @@ def draw_update_prompts(
     Each draw site draws its prompts first, as it always has, so the random stream does not
     depend on when they are drawn; all of them are then encoded in **one** text-encoder call,
     without grad. The encoders are frozen and outside the sharded networks (FSDP2), so
-    nothing is gathered for it.
+    nothing is gathered for it. The student's sites repeat each prompt ``prompt_repeats``
+    times in a row (:meth:`SiteDraws.prompts`); the critic's never do.
     """
     micro, critic_steps = range(ctx.micro_batches), range(ctx.train.critic_steps)
     sites: list[tuple[int | str, ...]] = [
@@ -253,7 +283,8 @@ def draw_update_prompts(
     ]
     sites += [("student", m) for m in micro]
     draws = [_site(ctx, step, *site) for site in sites]
-    prompts = [d.prompts(ctx.parts.prompts) for d in draws]
+    repeats = [1 if site[0] == "critic" else ctx.prompt_repeats for site in sites]
+    prompts = [d.prompts(ctx.parts.prompts, r) for d, r in zip(draws, repeats, strict=True)]
     with torch.no_grad():
         encoded = ctx.parts.student.encode_prompts([p for batch in prompts for p in batch])
     sizes = [len(batch) for batch in prompts]

@@ -66,9 +66,14 @@ class SiteDraws:
         """One integer in ``[0, high)`` shared by the whole global batch."""
         return int(torch.randint(high, (1,), generator=self.shared))
 
-    def prompts(self, source: PromptSource) -> list[str]:
-        """One training prompt per sample."""
-        return [source.sample(1, g)[0] for g in self.per_sample]
+    def prompts(self, source: PromptSource, repeats: int = 1) -> list[str]:
+        """One training prompt per sample; with ``repeats = R``, this process's samples
+        ``i*R .. i*R + R-1`` share the prompt of sample ``i*R``. Every sample draws a prompt
+        either way, so the rest of each sample's stream does not depend on ``repeats``. With
+        ``R`` dividing the per-process batch the groups are the same on any number of
+        processes."""
+        drawn = [source.sample(1, g)[0] for g in self.per_sample]
+        return [drawn[(i // repeats) * repeats] for i in range(len(drawn))]
 
     def noise(self, shape: Sequence[int], per_sample: int = 1) -> torch.Tensor:
         """``[B * per_sample, *shape]`` standard normal; sample ``i`` owns rows

@@ -20,6 +20,8 @@ class TargetTemplateTarget:
     needs_differentiable_reward = False
     #: Critic states to keep from the critic's inner loop (0: only the current critic).
     critic_snapshots = 0
+    #: Consecutive rows of the student batch that share a prompt (1: every row its own).
+    prompt_repeats = 1
 
     def __init__(self, weight: float) -> None:
         self.weight = weight
