@@ -2,6 +2,7 @@
 
     python benchmarks/target_diagnostics.py RUN_DIR [--samples 128] [--k 8] [--seed 0]
                                             [--prompts training|validation] [--json PATH]
+                                            [--group targets|samples]
 
 Rebuilds a toy run directory (teacher, the trained student and critic of its newest
 checkpoint, its rewards and prompts), draws ``--samples`` prompts and 4-step student samples,
@@ -16,6 +17,12 @@ checker:
 - ``x - 0.25 g``: a shorter step (``score_step = 0.25``);
 - ``x - (x0_fake - x0_real)``: the direction before DMD's normaliser (``scored =
   "unnormalised"``).
+
+With ``--group samples`` the group is GDMD's ``group = "samples"`` instead: ``--samples``
+prompts, ``--k`` student samples of each (different initial noise), one DMD target per
+sample (:func:`gdmd.targets.common.sample_group`, the layout now spreading renoise times over
+a prompt's samples), and every statistic "in group" is taken over a prompt's ``K`` samples;
+the raw samples are a row of their own (``sample``), comparable in group with the others.
 
 Printed per row: mean reward; checker accuracy (plain fraction of images); ``R2(t)``, the
 fraction of within-group reward variance a straight line in ``t`` explains (pooled over groups
@@ -41,7 +48,7 @@ import torch
 
 from gdmd.interfaces import TargetContext
 from gdmd.manager import build_plugin_manager
-from gdmd.targets.common import target_group
+from gdmd.targets.common import sample_group, target_group
 
 LAYOUTS = ("independent", "shared", "stratified")
 
@@ -89,18 +96,17 @@ def student_samples(recipe: Any, parts: Any, prompts: list[str], seed: int) -> t
         return consistency_sample(student, cond, noise, times, g)
 
 
-def scored_images(
-    recipe: Any, parts: Any, x: torch.Tensor, prompts: list[str], k: int, seed: int, layout: str
-) -> dict[str, Any]:
-    """Decoded images ``[B, K, 3, H, W]`` of every scoring variant, and the times ``[B, K]``."""
+def _context(
+    recipe: Any, parts: Any, x: torch.Tensor, prompts: list[str], seed: int
+) -> TargetContext:
+    """A target context on the run's teacher and critic, its draws seeded by ``seed``."""
     low, high = recipe.train.renoise_range
     time_gen = torch.Generator().manual_seed(seed * 1_000 + 1)
     noise_gen = torch.Generator().manual_seed(seed * 1_000 + 2)  # same noise for every layout
     teacher, critic = parts.teacher, parts.critic
     guidance = recipe.teacher.guidance_scale
-    decode = parts.teacher.decoder.decode
     cond = teacher.encode_prompts(prompts)
-    ctx = TargetContext(
+    return TargetContext(
         x=x,
         prompts=prompts,
         cond_real=cond,
@@ -117,6 +123,14 @@ def scored_images(
         sample_noise=lambda n: torch.randn(n, *x.shape[1:], generator=noise_gen),
         renoise_range=(low, high),
     )
+
+
+def scored_images(
+    recipe: Any, parts: Any, x: torch.Tensor, prompts: list[str], k: int, seed: int, layout: str
+) -> dict[str, Any]:
+    """Decoded images ``[B, K, 3, H, W]`` of every scoring variant, and the times ``[B, K]``."""
+    decode = parts.teacher.decoder.decode
+    ctx = _context(recipe, parts, x, prompts, seed)
     with torch.no_grad():
         group = target_group(ctx, k, times=layout, shared_noise=False, vary_fake=False)
         xk = x.unsqueeze(1).float()
@@ -135,6 +149,37 @@ def scored_images(
     return {
         "images": images,
         "times": group.times.numpy(),
+        "grad_abs": float(group.gradients.abs().mean()),
+        "direction_abs": float(group.directions.abs().mean()),
+    }
+
+
+def sample_group_images(
+    recipe: Any, parts: Any, x: torch.Tensor, prompts: list[str], k: int, seed: int, layout: str
+) -> dict[str, Any]:
+    """For ``x`` ``[P * K, ...]`` (prompt ``i``'s samples in rows ``i*K .. i*K + K-1``), the
+    decoded images ``[P, K, 3, H, W]`` of the raw samples and of every scoring variant of each
+    sample's own DMD target, and the times ``[P, K]``."""
+    decode = parts.teacher.decoder.decode
+    ctx = _context(recipe, parts, x, prompts, seed)
+    with torch.no_grad():
+        group = sample_group(ctx, k, layout)
+        x1 = x.float()
+        gradients, directions = group.gradients[:, 0], group.directions[:, 0]
+        tensors = {
+            "sample": x1,
+            "x - g": x1 - gradients,
+            "x - 0.25 g": x1 - 0.25 * gradients,
+            "x - (x0_fake - x0_real)": x1 - directions,
+        }
+        p = x.shape[0] // k
+        images = {
+            name: decode(value).clamp(0, 1).reshape(p, k, 3, *value.shape[-2:])
+            for name, value in tensors.items()
+        }
+    return {
+        "images": images,
+        "times": group.times.reshape(p, k).numpy(),
         "grad_abs": float(group.gradients.abs().mean()),
         "direction_abs": float(group.directions.abs().mean()),
     }
@@ -239,11 +284,20 @@ def describe(
 
 
 def diagnose(
-    run_dir: Path, samples: int, k: int, seed: int, split: str, resamples: int = 1000
+    run_dir: Path,
+    samples: int,
+    k: int,
+    seed: int,
+    split: str,
+    resamples: int = 1000,
+    group: str = "targets",
 ) -> dict[str, Any]:
     recipe, parts = load_parts(run_dir)
     g = torch.Generator().manual_seed(seed)
     prompts = pick_prompts(parts, samples, split, g)
+    if group == "samples":
+        rows, scale = diagnose_sample_group(recipe, parts, prompts, k, seed, resamples)
+        return _result(run_dir, recipe, parts, samples, k, seed, split, "samples", scale, rows)
     x = student_samples(recipe, parts, prompts, seed)
     rng = np.random.default_rng(seed)
     decoded = parts.teacher.decoder.decode(x).clamp(0, 1).unsqueeze(1)
@@ -267,10 +321,57 @@ def diagnose(
                     **describe(r, ok, built["times"], rng, resamples),
                 }
             )
+    return _result(run_dir, recipe, parts, samples, k, seed, split, "targets", scale, rows)
+
+
+def diagnose_sample_group(
+    recipe: Any, parts: Any, prompts: list[str], k: int, seed: int, resamples: int
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    """Rows of GDMD's group of samples: ``k`` student samples of each prompt, one DMD target
+    each, every statistic in group taken over a prompt's samples; per layout of the times."""
+    repeated = [p for p in prompts for _ in range(k)]
+    x = student_samples(recipe, parts, repeated, seed)
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, Any]] = []
+    scale: dict[str, dict[str, float]] = {}
+    for layout in LAYOUTS:
+        built = sample_group_images(recipe, parts, x, repeated, k, seed, layout)
+        scale[layout] = {
+            "mean |g|": built["grad_abs"],
+            "mean |x0_fake - x0_real|": built["direction_abs"],
+        }
+        for name, images in built["images"].items():
+            if name == "sample" and rows:
+                continue  # the raw samples do not depend on the layout
+            r, ok = judge(parts, images, prompts)
+            times = np.zeros_like(r) if name == "sample" else built["times"]
+            rows.append(
+                {
+                    "layout": "-" if name == "sample" else layout,
+                    "scored": name,
+                    **describe(r, ok, times, rng, resamples),
+                }
+            )
+    return rows, scale
+
+
+def _result(
+    run_dir: Path,
+    recipe: Any,
+    parts: Any,
+    samples: int,
+    k: int,
+    seed: int,
+    split: str,
+    group: str,
+    scale: dict[str, Any],
+    rows: list[dict[str, Any]],
+) -> dict[str, Any]:
     return {
         "run_dir": str(run_dir),
         "target": recipe.target.kind,
         "reward": parts.rewards[0].label,
+        "group": group,
         "samples": samples,
         "k": k,
         "seed": seed,
@@ -293,9 +394,10 @@ def _cell(row: dict[str, Any], name: str, digits: int) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    each = "samples (one target each)" if result["group"] == "samples" else "targets"
     lines = [
         f"{result['run_dir']} ({result['target']}): {result['samples']} {result['prompts']} "
-        f"prompts x {result['k']} targets, t uniform on {result['renoise_range']}, "
+        f"prompts x {result['k']} {each}, t uniform on {result['renoise_range']}, "
         f"reward {result['reward']!r}, seed {result['seed']}",
         "",
         "| group_t | scored | reward | accuracy | R2(t) | rho(t, r) | sd(r) in group | AUC "
@@ -326,8 +428,23 @@ def main() -> None:
     parser.add_argument("--prompts", choices=("training", "validation"), default="training")
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
+    parser.add_argument(
+        "--group",
+        choices=("targets", "samples"),
+        default="targets",
+        help='"targets": K targets of one sample; "samples": K samples of one prompt, one '
+        "target each (GDMD's group = \"samples\")",
+    )
     args = parser.parse_args()
-    result = diagnose(args.run_dir, args.samples, args.k, args.seed, args.prompts, args.resamples)
+    result = diagnose(
+        args.run_dir,
+        args.samples,
+        args.k,
+        args.seed,
+        args.prompts,
+        args.resamples,
+        group=args.group,
+    )
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     sys.stdout.write(markdown(result))
