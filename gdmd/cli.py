@@ -610,9 +610,13 @@ def _evaluate_prompt_set(
         batch_size=batch_size,
         display=_display(),
     )
-    from gdmd.eval.report import suite_table
+    from gdmd.eval.report import difference_table, suite_table
 
-    Console(highlight=False, soft_wrap=True).print(suite_table(result.summary))
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(suite_table(result.summary))
+    differences = difference_table(result.summary)
+    if differences is not None:
+        console.print(differences)
     _console().print(
         f"{result.generated} images generated, {result.reused} reused; {result.scored} "
         f"scores computed. [green]wrote[/] {escape(str(folder))}: images/, index.jsonl, "

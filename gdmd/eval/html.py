@@ -101,7 +101,7 @@ def _bars(metric: str, means: dict[str, dict[str, dict[str, float]]]) -> str:
     low = min(0.0, *(c["low"] for c in values))
     high = max(0.0, *(c["high"] for c in values))
     span = (high - low) or 1.0
-    bar, gap, left, top, height = 16, 18, 56, 10, 180
+    bar, gap, left, top, height = 18, 48, 64, 10, 140
     width = left + len(groups) * (len(models) * bar + gap) + 10
 
     def y(value: float) -> float:
@@ -112,7 +112,7 @@ def _bars(metric: str, means: dict[str, dict[str, dict[str, float]]]) -> str:
         f"role='img' aria-label='{escape(metric, quote=True)} per category'>",
         f"<line x1='{left}' x2='{width}' y1='{y(0):.1f}' y2='{y(0):.1f}' stroke='#999'/>",
     ]
-    for tick in (low, (low + high) / 2, high):
+    for tick in sorted({low, 0.0, high}):
         parts.append(
             f"<text x='{left - 4}' y='{y(tick) + 4:.1f}' text-anchor='end'>{_num(tick)}</text>"
         )
@@ -158,8 +158,8 @@ def _legend(models: Sequence[str]) -> str:
 
 
 def report_html(summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
-    """The page: summary tables (sortable), per-category bars, every prompt with the models'
-    images side by side and their scores, and a sortable table of every image."""
+    """The page: summary tables (sortable), every prompt with the models' images side by
+    side and their scores, per-category bars, and a sortable table of every image."""
     models = list(summary["models"])
     metrics = list(summary["metrics"])
     prompts = summary.get("prompts", {})
@@ -220,11 +220,11 @@ def report_html(summary: dict[str, Any], rows: Sequence[dict[str, Any]]) -> str:
         out.append("</table>")
     else:
         out.append(f"<p class='note'>Skipped: {escape(str(frechet.get('skipped')))}.</p>")
+    out += _gallery(rows, models, metrics)
     out.append("<h2>Per category</h2>")
     out.append(_legend(models))
     for metric in metrics:
         out.append(f"<h3>{escape(metric)}</h3>{_bars(metric, means[metric])}")
-    out += _gallery(rows, models, metrics)
     out += _image_table(rows, metrics)
     out.append(f"<script>{_SCRIPT}</script></body></html>")
     return "\n".join(out) + "\n"

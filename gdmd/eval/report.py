@@ -196,7 +196,7 @@ def _task_names(table: dict[str, Any]) -> list[str]:
 
 def suite_table(summary: dict[str, Any]) -> Table:
     """The terminal table of a prompt-set evaluation: one row per metric, one column per
-    model, each cell ``mean [low, high]``; then the paired differences."""
+    model, each cell ``mean [low, high]``."""
     from rich import box
     from rich.table import Table
 
@@ -209,7 +209,27 @@ def suite_table(summary: dict[str, Any]) -> Table:
         table.add_column(model, justify="right")
     for metric, by_model in summary["means"].items():
         table.add_row(metric, *(_interval_text(by_model[m].get("all")) for m in models))
-    for metric, by_pair in summary.get("differences", {}).items():
-        for pair, groups in by_pair.items():
-            table.add_row(f"{metric}: {pair}", _interval_text(groups.get("all")))
+    return table
+
+
+def difference_table(summary: dict[str, Any]) -> Table | None:
+    """The terminal table of the paired differences (one column per pair), or ``None``
+    when a single model was evaluated."""
+    from rich import box
+    from rich.table import Table
+
+    differences = summary.get("differences", {})
+    if not differences:
+        return None
+    pairs = list(next(iter(differences.values())))
+    table = Table(
+        title="paired differences: mean [95 % interval]",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("metric", style="bold")
+    for pair in pairs:
+        table.add_column(pair, justify="right")
+    for metric, by_pair in differences.items():
+        table.add_row(metric, *(_interval_text(by_pair[p].get("all")) for p in pairs))
     return table

@@ -317,3 +317,18 @@ def test_two_runs_of_the_same_folder_name_are_refused(pm, world, tmp_path):
     result = CliRunner().invoke(make_app(pm), [*args, "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "two evaluated models would share a name (tiny, tiny)" in result.output
+
+
+def test_the_shipped_paper_table_eval_file_validates() -> None:
+    """recipes/eval/sd3_paper_table.toml names the five rewards of the SD3-Medium table."""
+    from gdmd.eval.metrics import load_eval_file
+
+    pm = build_plugin_manager()  # with entry points: hpsv2 and imagereward are plugins
+    registered = {spec.name for spec in pm.registries if spec.kind == "reward"}
+    if not {"hpsv2", "imagereward"} <= registered:
+        pytest.skip("the gdmd-hpsv2 and gdmd-imagereward plugins are not installed")
+    path = Path(__file__).resolve().parents[2] / "recipes" / "eval" / "sd3_paper_table.toml"
+    settings = load_eval_file(path, pm)
+    assert list(settings.metrics) == ["clip", "aesthetic", "pickscore", "hpsv2", "imagereward"]
+    assert settings.metrics["clip"].config.model == "openai/clip-vit-large-patch14"
+    assert settings.frechet.clip_model == "openai/clip-vit-large-patch14"
