@@ -118,6 +118,18 @@ def test_without_text_encoders_every_prompt_comes_from_the_cache(
     )
     with pytest.raises(PromptCacheError, match="'a green frog' is not in the prompt cache"):
         bare.encode_prompts(["a red cat", "a green frog"])
+    # A merged export is a whole pipeline: the encoders come from the source pipeline.
+    from diffusers import StableDiffusion3Pipeline
+
+    from gdmd.models.sd3 import export_pipeline
+
+    export_pipeline(bare, tmp_path / "merged")
+    merged: Any = StableDiffusion3Pipeline.from_pretrained(tmp_path / "merged")
+    embeds, _, pooled, _ = merged.encode_prompt(
+        PROMPTS, None, None, do_classifier_free_guidance=False, max_sequence_length=T5_TOKENS
+    )
+    torch.testing.assert_close(embeds, expected["prompt_embeds"])
+    torch.testing.assert_close(pooled, expected["pooled_prompt_embeds"])
 
     with pytest.raises(ValidationError, match='text_encoders = "none" needs prompt_cache'):
         SD3Config(model="m", text_encoders="none")

@@ -253,8 +253,8 @@ def _what(model: SD3Model, format: str) -> str:
 def _text_components(shared: SD3SharedComponents) -> dict[str, Any]:
     """The pipeline's text encoders and tokenizers: the model's own, or, for a model built
     without them (``text_encoders = "none"``), loaded from its pipeline for the export."""
-    names = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
-    names += ("text_encoder_3", "tokenizer_3")
+    names = ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"]
+    names += ["text_encoder_3", "tokenizer_3"]
     if shared.has_encoders:
         return {name: getattr(shared, name) for name in names}
     from diffusers import StableDiffusion3Pipeline
