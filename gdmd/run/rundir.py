@@ -66,6 +66,17 @@ def _flatten(table: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    """A run's TOML file, parsed; a damaged one is an error naming it (never a traceback)."""
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise CheckpointError(
+            f"{path}: cannot be read as TOML ({type(exc).__name__}: {exc}); it is not a "
+            "resolved recipe gdmd wrote, so the run cannot be resumed"
+        ) from None
+
+
 def recipe_differences(saved_toml: str, current_toml: str) -> list[str]:
     """Dotted keys whose values differ between two resolved recipes, sorted."""
     saved = _flatten(tomllib.loads(saved_toml))
@@ -235,14 +246,16 @@ class RunDir:
                 f"{run_dir} has no resolved.toml, so the recipe that wrote {checkpoint.name} "
                 "is unknown; refusing to resume it"
             )
-        saved_text, current_text = resolved.read_text(), recipe.to_toml()
-        differing = [
-            k for k in recipe_differences(saved_text, current_text) if k not in RESUMABLE_KEYS
-        ]
+        current_text = recipe.to_toml()
+        saved = _flatten(_read_toml(resolved))
+        current = _flatten(tomllib.loads(current_text))
+        differing = sorted(
+            k
+            for k in saved.keys() | current.keys()
+            if saved.get(k) != current.get(k) and k not in RESUMABLE_KEYS
+        )
         if not differing:
             return
-        saved = _flatten(tomllib.loads(saved_text))
-        current = _flatten(tomllib.loads(current_text))
 
         def show(table: dict[str, Any], key: str) -> str:
             return repr(table[key]) if key in table else "(absent)"
@@ -260,7 +273,13 @@ class RunDir:
         lock = self.path / "plugins.lock"
         if not lock.is_file():
             return []
-        saved = _locked_versions(lock.read_text())
+        try:
+            saved = _locked_versions(lock.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CheckpointError(
+                f"{lock}: cannot be read as text ({type(exc).__name__}); it is not a "
+                "plugins.lock gdmd wrote"
+            ) from None
         now = _locked_versions(plugins_lock(pm))
         return [
             f"{dist}: run used {saved[dist]}, now {now.get(dist, '(not installed)')}"

@@ -163,22 +163,15 @@ def test_pickles_planted_in_a_checkpoint_are_refused_by_name(
 
 
 RUN_FILES = ["resolved.toml", "run.json", "plugins.lock"]
-_RUN_DIR_READS_RAW = pytest.mark.xfail(
-    strict=True,
-    reason="gdmd/run/rundir.py parses resolved.toml (check_resume_recipe) and plugins.lock "
-    "(plugin_changes) without catching TOMLDecodeError/UnicodeDecodeError",
-)
-
-
 @pytest.mark.parametrize(
     ("name", "fmt"),
     [
-        pytest.param("resolved.toml", "text", marks=_RUN_DIR_READS_RAW),
-        pytest.param("resolved.toml", "binary", marks=_RUN_DIR_READS_RAW),
+        ("resolved.toml", "text"),
+        ("resolved.toml", "binary"),
         ("run.json", "text"),
         ("run.json", "binary"),
         ("plugins.lock", "text"),
-        pytest.param("plugins.lock", "binary", marks=_RUN_DIR_READS_RAW),
+        ("plugins.lock", "binary"),
     ],
 )
 def test_pickles_planted_in_run_files_never_run(

@@ -16,6 +16,7 @@ class OneTarget:
     needs_rewards = False
     needs_differentiable_reward = False
     critic_snapshots = 0
+    prompt_repeats = 1
 
     def targets(self, ctx: TargetContext) -> torch.Tensor:
         x = ctx.x.detach()
@@ -38,6 +39,10 @@ class NoFlags(OneTarget):
 
 class BadSnapshots(OneTarget):
     critic_snapshots = -1
+
+
+class BadRepeats(OneTarget):
+    prompt_repeats = 0
 
 
 class NoSnapshotCount:
@@ -164,6 +169,7 @@ class Raises(OneTarget):
     [
         (NoFlags(), "must have an attribute `needs_rewards` (True or False), got 'no'"),
         (BadSnapshots(), "has critic_snapshots = -1, expected a non-negative int"),
+        (BadRepeats(), "has prompt_repeats = 0, expected a positive int"),
         (NoSnapshotCount(), "must have an attribute `critic_snapshots`: how many critic states"),
         (ReturnsTuple(), "returned tuple, expected a gdmd.interfaces.TargetOutput"),
         (NoGroupAxis(), "returned targets of shape [2, 3, 8, 8] for a student sample of shape"),

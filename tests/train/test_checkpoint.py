@@ -72,16 +72,16 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint_and_is_ignored(
         real_save_file(tensors, filename)
 
     monkeypatch.setattr(ckpt, "save_file", dies_midway)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ckpt.CheckpointWriteError, match="disk full"):
         _save(tmp_path, 2, keep=1)
-    # The partial folder is there but has no COMPLETE marker: never loaded, nothing deleted.
-    assert any(p.name.startswith(".tmp-step-0000002") for p in tmp_path.iterdir())
+    # The half-written folder is removed; the previous checkpoint is neither loaded nor deleted.
+    assert not any(p.name.startswith(".tmp-") for p in tmp_path.iterdir())
     assert latest_checkpoint(tmp_path) == tmp_path / "step-0000001"
     _, states = load_checkpoint(tmp_path / "step-0000001")
     assert states["counters"] == {"step": 1}
 
     monkeypatch.setattr(ckpt, "save_file", real_save_file)
-    _save(tmp_path, 2, keep=1)  # the next whole save cleans up the partial one
+    _save(tmp_path, 2, keep=1)  # the next whole save replaces the previous one
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-0000002"]
 
 
