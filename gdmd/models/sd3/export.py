@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gdmd.models.sd3.adapters import LORA_WEIGHTS, _plain_copy, save_lora_file
-from gdmd.models.sd3.common import EXPORT_METADATA, SD3ConfigError, SD3ExportError
+from gdmd.models.sd3.common import (
+    EXPORT_METADATA,
+    SD3ConfigError,
+    SD3ExportError,
+    _dtype_kwarg,
+)
 
 if TYPE_CHECKING:
     from gdmd.interfaces import ExportInfo
@@ -259,7 +264,6 @@ def _text_components(shared: SD3SharedComponents) -> dict[str, Any]:
         return {name: getattr(shared, name) for name in names}
     from diffusers import StableDiffusion3Pipeline
 
-    from gdmd.models.sd3.loading import _dtype_kwarg
 
     ref = shared.pipeline
     skip = {"transformer": None, "vae": None}

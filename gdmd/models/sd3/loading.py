@@ -23,6 +23,7 @@ from gdmd.models.sd3.common import (
     SD3LoadError,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
+    _dtype_kwarg,
 )
 from gdmd.models.sd3.encoders import ModelRef, SD3SharedComponents
 from gdmd.models.sd3.model import SD3Model
@@ -433,14 +434,6 @@ def _hint(err: BaseException, ref: ModelRef) -> str:
         "login`), or set HF_TOKEN to an access token of that account. Or point `model` at a "
         "local copy of the pipeline (a directory with model_index.json)."
     )
-
-
-def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """``from_pretrained``'s dtype argument: ``dtype`` in recent diffusers, else ``torch_dtype``."""
-    from diffusers.utils import deprecation_utils
-
-    name = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
-    return {name: dtype}
 
 
 def _first_line(err: BaseException) -> str:
