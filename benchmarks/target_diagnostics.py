@@ -55,13 +55,15 @@ LAYOUTS = ("independent", "shared", "stratified")
 
 def load_parts(run_dir: Path, checkpoint: Path | None = None) -> tuple[Any, Any]:
     """``(recipe, components)`` of a run, with the student and critic of a checkpoint."""
-    from gdmd.recipe import load_recipe
     from gdmd.run.build import build_components
-    from gdmd.train.checkpoint import latest_checkpoint, load_checkpoint
+    from gdmd.run.rundir import RunDir
+    from gdmd.train.checkpoint import load_checkpoint
 
-    recipe = load_recipe(run_dir / "resolved.toml", build_plugin_manager())
+    # The critic too (RunDir.open never builds it): the instrument recomputes DMD targets.
+    run = RunDir.existing(run_dir)
+    recipe = run.recipe(build_plugin_manager())
     parts = build_components(recipe, None)
-    checkpoint = checkpoint or latest_checkpoint(run_dir / "checkpoints")
+    checkpoint = checkpoint or run.latest_checkpoint()
     if checkpoint is None:
         raise SystemExit(f"{run_dir} has no complete checkpoint")
     tensors, _ = load_checkpoint(checkpoint)

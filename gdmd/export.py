@@ -62,7 +62,7 @@ def export_info(run: OpenedRun) -> ExportInfo:
             for label, spec in recipe.rewards.items()
         },
         teacher_guidance_scale=recipe.teacher.guidance_scale,
-        recipe_text=(Path(run.run_dir) / "resolved.toml").read_text(),
+        recipe_text=recipe.to_toml(),
     )
 
 
