@@ -14,7 +14,10 @@ from gdmd.manager import build_plugin_manager
 from gdmd.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPES = sorted((ROOT / "recipes").rglob("*.toml"))
+# recipes/eval/ holds evaluation metric files (gdmd eval --metrics), checked in tests/eval/.
+RECIPES = sorted(
+    p for p in (ROOT / "recipes").rglob("*.toml") if p.parent != ROOT / "recipes" / "eval"
+)
 
 
 def test_there_are_recipes() -> None:
