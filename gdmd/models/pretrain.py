@@ -81,6 +81,49 @@ def pretrain_flow_matching(
 
     Randomness comes only from ``generator``; the model's train/eval mode is restored.
     """
+    _check_arguments(model, steps, prompt_dropout, ema_decay)
+    if warmup_steps is None:
+        warmup_steps = min(200, math.ceil(0.05 * steps))
+    params = [p for p in model.trainable_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters that require grad")
+    schedule = model.schedule
+    optimizer, scheduler = _optimizer(params, lr, weight_decay, warmup_steps)
+    ema = [p.detach().clone() for p in params] if ema_decay is not None else None
+    was_training = model.training
+    model.train()
+    for step in range(1, steps + 1):
+        # Steps 1 and 2 of the docstring: drop prompts, draw t and noise.
+        x0, noise, t, cond = _noised_batch(
+            model, next(batches), prompt_dropout, generator, params[0]
+        )
+        # Step 3: the schedule's own denoising regression on the raw output.
+        output = model.predict_output(schedule.add_noise(x0, noise, t), t, cond)
+        loss = denoising_loss(output, schedule.training_target(x0, noise, t))
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"pretraining loss is {loss.item()} at step {step}")
+        # Step 4: the clipped AdamW update, then the average of the weights.
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
+        optimizer.step()
+        scheduler.step()
+
+        if ema is not None and ema_decay is not None:
+            _update_average(ema, params, min(ema_decay, step / (9.0 + step)))
+        if progress is not None:
+            progress(step, float(loss.detach()))
+    if ema is not None:
+        with torch.no_grad():
+            for average, param in zip(ema, params, strict=True):
+                param.copy_(average)
+    model.train(was_training)
+    return model
+
+
+def _check_arguments(
+    model: PretrainableModel, steps: int, prompt_dropout: float, ema_decay: float | None
+) -> None:
     if steps < 0:
         raise ValueError(f"steps must be non-negative, got {steps}")
     if not 0.0 <= prompt_dropout <= 1.0:
@@ -92,57 +135,52 @@ def pretrain_flow_matching(
             f"{type(model).__name__} has no predict_output(x_t, t, cond); pretraining "
             "regresses the raw network output"
         )
-    if warmup_steps is None:
-        warmup_steps = min(200, math.ceil(0.05 * steps))
-    params = [p for p in model.trainable_parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters that require grad")
-    device, dtype = params[0].device, params[0].dtype
-    schedule = model.schedule
+
+
+def _optimizer(
+    params: list[torch.nn.Parameter], lr: float, weight_decay: float, warmup_steps: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW and its linear warmup of the learning rate over ``warmup_steps``."""
     # The fused kernel is several times faster for a small model's many small tensors.
-    fused = device.type in ("cpu", "cuda")
+    fused = params[0].device.type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: _warmup_factor(step, warmup_steps)
     )
-    ema = [p.detach().clone() for p in params] if ema_decay is not None else None
-    was_training = model.training
-    model.train()
-    for step in range(1, steps + 1):
-        images, prompts = next(batches)
-        x0 = images.to(device=device, dtype=dtype)
-        if tuple(x0.shape[1:]) != tuple(model.sample_shape) or x0.shape[0] != len(prompts):
-            raise ContractError(
-                f"pretraining batch has images {list(x0.shape)} and {len(prompts)} prompts; "
-                f"expected [B, {', '.join(map(str, model.sample_shape))}] and B prompts"
-            )
-        cond = model.encode_prompts(_drop_prompts(prompts, prompt_dropout, generator))
-        cond = {key: value.to(device) for key, value in cond.items()}
-        gen_device = generator.device
-        t = torch.sigmoid(torch.randn(x0.shape[0], generator=generator, device=gen_device))
-        noise = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=dtype)
-        t, noise = t.to(device=device, dtype=dtype), noise.to(device)
+    return optimizer, scheduler
 
-        output = model.predict_output(schedule.add_noise(x0, noise, t), t, cond)
-        loss = denoising_loss(output, schedule.training_target(x0, noise, t))
-        if not torch.isfinite(loss):
-            raise NonFiniteError(f"pretraining loss is {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
-        optimizer.step()
-        scheduler.step()
 
-        if ema is not None and ema_decay is not None:
-            decay = min(ema_decay, step / (9.0 + step))
-            with torch.no_grad():
-                for average, param in zip(ema, params, strict=True):
-                    average.lerp_(param.detach(), 1.0 - decay)
-        if progress is not None:
-            progress(step, float(loss.detach()))
-    if ema is not None:
-        with torch.no_grad():
-            for average, param in zip(ema, params, strict=True):
-                param.copy_(average)
-    model.train(was_training)
-    return model
+def _noised_batch(
+    model: PretrainableModel,
+    batch: tuple[torch.Tensor, list[str]],
+    prompt_dropout: float,
+    generator: torch.Generator,
+    like: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Conditioning]:
+    """Steps 1 and 2 of a pretraining step: ``(x0, noise, t, cond)`` on the device and in
+    the dtype of ``like`` (the first trainable parameter), the prompts dropped, then ``t``,
+    then the noise drawn from ``generator``, in that order."""
+    device, dtype = like.device, like.dtype
+    images, prompts = batch
+    x0 = images.to(device=device, dtype=dtype)
+    if tuple(x0.shape[1:]) != tuple(model.sample_shape) or x0.shape[0] != len(prompts):
+        raise ContractError(
+            f"pretraining batch has images {list(x0.shape)} and {len(prompts)} prompts; "
+            f"expected [B, {', '.join(map(str, model.sample_shape))}] and B prompts"
+        )
+    cond = model.encode_prompts(_drop_prompts(prompts, prompt_dropout, generator))
+    cond = {key: value.to(device) for key, value in cond.items()}
+    gen_device = generator.device
+    t = torch.sigmoid(torch.randn(x0.shape[0], generator=generator, device=gen_device))
+    noise = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=dtype)
+    t, noise = t.to(device=device, dtype=dtype), noise.to(device)
+    return x0, noise, t, cond
+
+
+def _update_average(
+    average: list[torch.Tensor], params: list[torch.nn.Parameter], decay: float
+) -> None:
+    """``average <- decay * average + (1 - decay) * params``, in place."""
+    with torch.no_grad():
+        for mean, param in zip(average, params, strict=True):
+            mean.lerp_(param.detach(), 1.0 - decay)
