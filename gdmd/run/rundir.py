@@ -77,6 +77,29 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
 
 
+def _with_defaults(resolved: Path, pm: Any, raw: dict[str, Any]) -> dict[str, Any]:
+    """The saved recipe as today's loader resolves it (defaults of newer keys filled in), or
+    as written when today's loader refuses it (a key since removed is then a difference)."""
+    from gdmd.errors import RecipeError
+    from gdmd.recipe import load_recipe
+
+    try:
+        return tomllib.loads(load_recipe(resolved, pm).to_toml())
+    except RecipeError:
+        return _unflatten(raw)
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        *tables, key = dotted.split(".")
+        node = nested
+        for table in tables:
+            node = node.setdefault(table, {})
+        node[key] = value
+    return nested
+
+
 def recipe_differences(saved_toml: str, current_toml: str) -> list[str]:
     """Dotted keys whose values differ between two resolved recipes, sorted."""
     saved = _flatten(tomllib.loads(saved_toml))
@@ -236,9 +259,13 @@ class RunDir:
             raise CheckpointError(f"--resume {resume}: no complete checkpoint found there")
         return found
 
-    def check_resume(self, recipe: Any, checkpoint: Path) -> None:
+    def check_resume(self, recipe: Any, checkpoint: Path, pm: Any = None) -> None:
         """Refuse to resume ``checkpoint`` with a recipe that differs from the one that wrote
-        it (in anything but :data:`RESUMABLE_KEYS`), naming the keys that differ."""
+        it (in anything but :data:`RESUMABLE_KEYS`), naming the keys that differ.
+
+        With ``pm``, the saved recipe is read through today's recipe loader first, so a key
+        that a newer gdmd added (with a default) does not count as a difference when the
+        current recipe keeps that default: runs written before the key existed resume."""
         run_dir = checkpoint.parent.parent
         resolved = run_dir / "resolved.toml"
         if not resolved.is_file():
@@ -248,6 +275,8 @@ class RunDir:
             )
         current_text = recipe.to_toml()
         saved = _flatten(_read_toml(resolved))
+        if pm is not None:
+            saved = _flatten(_with_defaults(resolved, pm, saved))
         current = _flatten(tomllib.loads(current_text))
         differing = sorted(
             k

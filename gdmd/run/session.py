@@ -114,7 +114,7 @@ def _decide_start(recipe: Any, pm: Any, run: RunDir, resume: str | None) -> tupl
     resume_from = run.resolve_resume(resume)
     if resume_from is None:
         return None, []
-    run.check_resume(recipe, resume_from)
+    run.check_resume(recipe, resume_from, pm)
     return resume_from, run.plugin_changes(pm)
 
 
