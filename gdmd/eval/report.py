@@ -117,6 +117,17 @@ def suite_markdown(summary: dict[str, Any]) -> str:
         f"(format {prompts.get('format', '?')}), seeds {summary['seeds']}; "
         f"models: {', '.join(models)}. Cells: mean [low, high], a 95 % bootstrap interval "
         "that resamples prompts.",
+    ]
+    lines += _means_markdown(summary, models, metrics)
+    lines += _differences_markdown(summary, metrics)
+    lines += _categories_markdown(summary, models, metrics)
+    lines += _geneval_markdown(summary)
+    lines += _frechet_markdown(summary)
+    return "\n".join(lines) + "\n"
+
+
+def _means_markdown(summary: dict[str, Any], models: list[str], metrics: list[str]) -> list[str]:
+    lines = [
         "",
         "## Means",
         "",
@@ -126,22 +137,34 @@ def suite_markdown(summary: dict[str, Any]) -> str:
     for model in models:
         cells = [_interval_text(summary["means"][m][model].get("all")) for m in metrics]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _differences_markdown(summary: dict[str, Any], metrics: list[str]) -> list[str]:
     differences = summary.get("differences", {})
-    if differences:
-        pairs = list(next(iter(differences.values())))
-        lines += [
-            "",
-            "## Paired differences",
-            "",
-            "Per (prompt, seed), over the same prompts and starting noise; an interval that "
-            "excludes 0 is a difference this prompt set resolves.",
-            "",
-            "| difference | " + " | ".join(metrics) + " |",
-            "|---|" + "---:|" * len(metrics),
-        ]
-        for pair in pairs:
-            cells = [_interval_text(differences[m][pair].get("all")) for m in metrics]
-            lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+    if not differences:
+        return []
+    pairs = list(next(iter(differences.values())))
+    lines = [
+        "",
+        "## Paired differences",
+        "",
+        "Per (prompt, seed), over the same prompts and starting noise; an interval that "
+        "excludes 0 is a difference this prompt set resolves.",
+        "",
+        "| difference | " + " | ".join(metrics) + " |",
+        "|---|" + "---:|" * len(metrics),
+    ]
+    for pair in pairs:
+        cells = [_interval_text(differences[m][pair].get("all")) for m in metrics]
+        lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _categories_markdown(
+    summary: dict[str, Any], models: list[str], metrics: list[str]
+) -> list[str]:
+    lines: list[str] = []
     for metric in metrics:
         groups = [g for g in _groups_of(summary["means"][metric]) if g != "all"]
         if not groups:
@@ -158,6 +181,11 @@ def suite_markdown(summary: dict[str, Any]) -> str:
             lines.append(
                 f"| {model} | " + " | ".join(_interval_text(row.get(g)) for g in groups) + " |"
             )
+    return lines
+
+
+def _geneval_markdown(summary: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     for metric, table in summary.get("geneval", {}).items():
         tasks = _task_names(table)
         lines += [
@@ -172,19 +200,21 @@ def suite_markdown(summary: dict[str, Any]) -> str:
         for model, scores in table.items():
             cells = [_fmt(scores["tasks"].get(t)) for t in tasks]
             lines.append(f"| {model} | {_fmt(scores['overall'])} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _frechet_markdown(summary: dict[str, Any]) -> list[str]:
     frechet = summary.get("frechet") or {}
-    lines += ["", "## Fréchet distance to the teacher (CLIP space)", ""]
-    if "values" in frechet:
-        lines += [
-            f"Image embeddings of `{frechet['clip_model']}`; not FID, lower is closer.",
-            "",
-            "| model | distance |",
-            "|---|---:|",
-        ]
-        lines += [f"| {model} | {_fmt(value)} |" for model, value in frechet["values"].items()]
-    else:
-        lines.append(f"Skipped: {frechet.get('skipped', 'not computed')}.")
-    return "\n".join(lines) + "\n"
+    lines = ["", "## Fréchet distance to the teacher (CLIP space)", ""]
+    if "values" not in frechet:
+        return [*lines, f"Skipped: {frechet.get('skipped', 'not computed')}."]
+    lines += [
+        f"Image embeddings of `{frechet['clip_model']}`; not FID, lower is closer.",
+        "",
+        "| model | distance |",
+        "|---|---:|",
+    ]
+    return lines + [f"| {model} | {_fmt(value)} |" for model, value in frechet["values"].items()]
 
 
 def _task_names(table: dict[str, Any]) -> list[str]:
