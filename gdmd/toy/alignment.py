@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -424,6 +425,17 @@ def ranking_accuracy(
     )
 
 
+def alignment_cache_settings(
+    steps: int = DEFAULT_STEPS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = 0,
+    architecture: AlignmentArchitecture | None = None,
+) -> dict[str, Any]:
+    """Everything that changes what training produces: the cache key's content."""
+    arch = architecture or AlignmentArchitecture()
+    return {"steps": steps, "batch_size": batch_size, "seed": seed, "architecture": asdict(arch)}
+
+
 def load_or_train_alignment_model(
     steps: int = DEFAULT_STEPS,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -437,15 +449,10 @@ def load_or_train_alignment_model(
 
     A new entry also holds ``ranking.json``, the held-out :func:`ranking_accuracy` report.
     """
-    from gdmd.toy.cache import cached
+    from gdmd.toy.shipped import shipped_or_cached
 
     arch = architecture or AlignmentArchitecture()
-    settings = {
-        "steps": steps,
-        "batch_size": batch_size,
-        "seed": seed,
-        "architecture": asdict(arch),
-    }
+    settings = alignment_cache_settings(steps, batch_size, seed, arch)
 
     def build(directory: Path) -> None:
         model = train_alignment_model(steps, batch_size, seed, progress, architecture=arch)
@@ -454,4 +461,6 @@ def load_or_train_alignment_model(
             json.dumps(asdict(ranking_accuracy(model)), indent=2) + "\n"
         )
 
-    return AlignmentModel.from_pretrained(cached("toy-alignment", settings, build, root=cache_root))
+    return AlignmentModel.from_pretrained(
+        shipped_or_cached("toy-alignment", settings, build, root=cache_root)
+    )

@@ -301,6 +301,17 @@ def mean_pairwise_distance(features: Any, groups: Sequence[str] | None = None) -
     return float(np.mean(means)) if means else float("nan")
 
 
+def evaluator_cache_settings(
+    steps: int = DEFAULT_STEPS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = 0,
+    architecture: EvaluatorArchitecture | None = None,
+) -> dict[str, Any]:
+    """Everything that changes what training produces: the cache key's content."""
+    arch = architecture or EvaluatorArchitecture()
+    return {"steps": steps, "batch_size": batch_size, "seed": seed, "architecture": asdict(arch)}
+
+
 def load_or_train_evaluator(
     steps: int = DEFAULT_STEPS,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -314,15 +325,10 @@ def load_or_train_evaluator(
 
     A new entry also holds ``accuracy.json`` with :func:`count_accuracy` on fresh renders.
     """
-    from gdmd.toy.cache import cached
+    from gdmd.toy.shipped import shipped_or_cached
 
     arch = architecture or EvaluatorArchitecture()
-    settings = {
-        "steps": steps,
-        "batch_size": batch_size,
-        "seed": seed,
-        "architecture": asdict(arch),
-    }
+    settings = evaluator_cache_settings(steps, batch_size, seed, arch)
 
     def build(directory: Path) -> None:
         model = train_evaluator(steps, batch_size, seed, progress, architecture=arch)
@@ -331,5 +337,5 @@ def load_or_train_evaluator(
         (directory / "accuracy.json").write_text(json.dumps(report, indent=2) + "\n")
 
     return AttributeEvaluator.from_pretrained(
-        cached("toy-evaluator", settings, build, root=cache_root)
+        shipped_or_cached("toy-evaluator", settings, build, root=cache_root)
     )
