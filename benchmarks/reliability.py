@@ -507,6 +507,56 @@ def kill_one_trials(count: int, out: Path, rng: random.Random, t: Trials) -> Non
     )
 
 
+#: ``[run] name`` values that name a path rather than a folder: each must be refused.
+UNSAFE_NAMES = ["../escape", "../../escape", "/tmp/gdmd-escape", "a/b", "..", ".", "a\\b"]
+
+
+def path_trials(out: Path, t: Trials) -> None:
+    """Run names that are paths, a run folder that is a link leading outside ``output_dir``,
+    and an existing run written into without --resume: each refused with exit 2, naming
+    what is wrong, and nothing written outside ``output_dir``."""
+    # output_dir is out/base/runs, so "../escape" would land in out/base, "../../escape" in out.
+    base = out / "base"
+    runs = base / "runs"
+    runs.mkdir(parents=True)
+    shutil.rmtree("/tmp/gdmd-escape", ignore_errors=True)
+
+    def nothing_outside() -> bool:
+        return (
+            [p.name for p in out.iterdir()] == ["base"]
+            and [p.name for p in base.iterdir()] == ["runs"]
+            and not Path("/tmp/gdmd-escape").exists()
+        )
+    for name in UNSAFE_NAMES:
+        held = []
+        notes = []
+        for command in ("validate", "run"):
+            cmd = [sys.executable, "-m", "gdmd", command, str(RECIPE),
+                   f"--set=run.output_dir={runs}", f"--set=run.name={name}",
+                   *(f"--set={c}" for c in COMMON)]
+            done = run(cmd)
+            ok = done.returncode == 2 and "[run] name" in done.stderr
+            ok = ok and "Traceback" not in done.stderr and nothing_outside()
+            held.append(ok)
+            if not ok:
+                notes.append(f"{command} {name!r}: exit {done.returncode}: {done.stderr[-200:]}")
+        t.record(f"run name {name!r}: validate and run refuse it (exit 2)", held, notes)
+    elsewhere = out / "elsewhere"  # after the name trials, which check out/ holds only base/
+    elsewhere.mkdir()
+    (runs / "linked").symlink_to(elsewhere, target_is_directory=True)
+    done = run(gdmd_cmd(runs, "linked"))
+    held = [done.returncode == 2 and not any(elsewhere.iterdir())]
+    t.record("run folder that is a link leading outside output_dir: refused", held,
+             [] if held[0] else [f"exit {done.returncode}: {done.stderr[-200:]}"])
+    (runs / "existing").mkdir()
+    (runs / "existing" / "resolved.toml").write_text("# a run written earlier\n")
+    done = run(gdmd_cmd(runs, "existing"))
+    untouched = (runs / "existing" / "resolved.toml").read_text() == "# a run written earlier\n"
+    held = [done.returncode == 2 and untouched and "--resume" in done.stderr]
+    t.record("existing run folder without --resume: refused, left as it was", held,
+             [] if held[0] else [f"exit {done.returncode}: {done.stderr[-200:]}"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kill-trials", type=int, default=24)
@@ -523,10 +573,11 @@ def main() -> int:
     disk_parser.add_argument("--trials", type=int, default=10)
     kill_parser = commands.add_parser("kill-one", help="kill -9 of one of two processes.")
     kill_parser.add_argument("--trials", type=int, default=6)
+    commands.add_parser("paths", help="Run names and folders that would leave output_dir.")
     args = parser.parse_args()
     if args.command == "fuzz":
         return fuzz(args.examples, args.seed, args.out)
-    if args.command in ("plugins", "full-disk", "kill-one"):
+    if args.command in ("plugins", "full-disk", "kill-one", "paths"):
         if args.out.exists():
             shutil.rmtree(args.out)
         args.out.mkdir(parents=True)
@@ -537,6 +588,8 @@ def main() -> int:
             plugin_trials(args.trials, args.out, trials)
         elif args.command == "full-disk":
             full_disk_trials(args.trials, args.out, rng, trials)
+        elif args.command == "paths":
+            path_trials(args.out, trials)
         else:
             kill_one_trials(args.trials, args.out, rng, trials)
         ok = trials.report()
