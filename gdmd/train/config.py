@@ -124,3 +124,6 @@ class LoopSettings:
     log_every: int
     #: ``[accelerate] gradient_accumulation_steps``: micro-batches per optimizer step.
     gradient_accumulation_steps: int = 1
+    #: ``[teacher] guidance_jitter``: each student update guides the teacher with a scale drawn
+    #: uniformly from ``guidance_scale`` +- this (0: always ``guidance_scale``).
+    guidance_jitter: float = 0.0

@@ -50,7 +50,7 @@ from gdmd.schedules import RenoiseSampler
 from gdmd.train.checkpoint import latest_checkpoint, save_checkpoint
 from gdmd.train.config import LoopSettings, TrainConfig
 from gdmd.train.distributed import any_process, mean_over_processes, stop_together
-from gdmd.train.randomness import SiteDraws
+from gdmd.train.randomness import SiteDraws, derive_seed
 from gdmd.train.state import (
     Components,
     LoopResult,
@@ -370,12 +370,15 @@ def student_phase(ctx: LoopContext, step: int, batches: list[PromptBatch]) -> di
     state.student.train()
     state.opt_student.zero_grad(set_to_none=True)
     metrics: dict[str, float] = {}
+    guidance = teacher_guidance_scale(ctx.settings, step)
+    if ctx.settings.guidance_jitter > 0:
+        metrics["teacher/guidance_scale"] = guidance
     losses: list[float] = []
     for batch in batches:
         last = batch is batches[-1]
         sync = contextlib.nullcontext() if last else ctx.accelerator.no_sync(state.student)
         with sync:
-            loss, target_metrics = _agreed(ctx, step, student_loss, ctx, step, batch)
+            loss, target_metrics = _agreed(ctx, step, student_loss, ctx, step, batch, guidance)
             ctx.accelerator.backward(loss / ctx.micro_batches)
         losses.append(float(loss.detach()))
         metrics.update(target_metrics)
@@ -391,10 +394,24 @@ def student_phase(ctx: LoopContext, step: int, batches: list[PromptBatch]) -> di
     return metrics
 
 
+def teacher_guidance_scale(settings: LoopSettings, step: int) -> float:
+    """The teacher's CFG scale for step ``step``'s student update: ``guidance_scale``, or with
+    ``guidance_jitter`` ``j > 0`` one draw from ``guidance_scale + j * (2u - 1)``, ``u`` uniform
+    in [0, 1) (DMDR jitters the real score's CFG by +-0.5 at every generator update). The draw
+    depends only on (seed, step): the same on every process and after a resume."""
+    jitter = settings.guidance_jitter
+    if jitter <= 0:
+        return settings.guidance_scale
+    generator = torch.Generator().manual_seed(derive_seed(settings.seed, "cfg-jitter", step))
+    u = float(torch.rand((), generator=generator, dtype=torch.float64))
+    return settings.guidance_scale + jitter * (2.0 * u - 1.0)
+
+
 def student_loss(
-    ctx: LoopContext, step: int, batch: PromptBatch
+    ctx: LoopContext, step: int, batch: PromptBatch, guidance_scale: float
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The strategy's targets for a student sample with grad, and the regression onto them."""
+    """The strategy's targets for a student sample with grad, and the regression onto them;
+    every teacher call guides with ``guidance_scale`` (:func:`teacher_guidance_scale`)."""
     draws, tr = batch.draws, ctx.train
     x = student_sample(ctx, batch, with_grad=True)
     out = ctx.parts.target(
@@ -404,7 +421,7 @@ def student_loss(
             cond_real=batch.cond,
             cond_fake=batch.cond,
             schedule=ctx.parts.teacher.schedule,
-            real_x0=partial(_real_x0, ctx),
+            real_x0=partial(_real_x0, ctx, guidance_scale),
             fake_x0=partial(_fake_x0, ctx),
             num_critic_snapshots=len(ctx.snapshots),
             sample_t=partial(draws.times_for, ctx.renoise),
@@ -446,12 +463,16 @@ def student_sample(ctx: LoopContext, batch: PromptBatch, with_grad: bool) -> tor
 
 
 def _real_x0(
-    ctx: LoopContext, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning
+    ctx: LoopContext,
+    guidance_scale: float,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    cond: Conditioning,
 ) -> torch.Tensor:
     """The teacher's guided x0-prediction (the "real score"), without grad."""
     teacher: Any = ctx.parts.teacher
     with torch.no_grad(), ctx.accelerator.autocast():
-        return teacher(x_t, t, cond, guidance_scale=ctx.settings.guidance_scale).float()
+        return teacher(x_t, t, cond, guidance_scale=guidance_scale).float()
 
 
 def _fake_x0(
