@@ -141,8 +141,13 @@ class EvalSettings:
     frechet: FrechetTable
 
 
-def metrics_from_recipe(recipe: Any) -> dict[str, MetricSpec]:
-    """A run's ``[reward.<label>]`` tables as metrics (weights and normalisation dropped)."""
+def metrics_from_recipe(recipe: Any, registries: Any) -> dict[str, MetricSpec]:
+    """A run's ``[eval.metrics.<label>]`` tables (validated as an eval file's
+    ``[metric.<label>]`` tables), or without them its ``[reward.<label>]`` tables as metrics
+    (weights and normalisation dropped)."""
+    if recipe.eval.metrics:
+        source = f"{recipe.source or 'recipe'} [eval]"
+        return parse_eval_tables({"metric": recipe.eval.metrics}, source, registries).metrics
     return {
         label: MetricSpec(label, spec.kind, spec.config, spec.component)
         for label, spec in recipe.rewards.items()

@@ -104,16 +104,17 @@ def _chosen_seeds(seeds: Sequence[int] | None, recipe: Any) -> list[int]:
 
 
 def _chosen_metrics(
-    metrics: dict[str, MetricSpec] | None, recipe: Any, models: Sequence[ModelEntry]
+    metrics: dict[str, MetricSpec] | None, recipe: Any, models: Sequence[ModelEntry], pm: Any
 ) -> dict[str, MetricSpec]:
-    """``metrics``, else the first run's recipe rewards (there must be one)."""
+    """``metrics``, else the first run's ``[eval.metrics]`` or recipe rewards (there must be
+    one)."""
     if metrics is not None:
         return metrics
-    chosen = metrics_from_recipe(recipe)
+    chosen = metrics_from_recipe(recipe, pm)
     if not chosen:
         raise SuiteError(
-            f"{models[-1].run_dir}: the run's recipe has no [reward.<label>] table to use as "
-            "a metric; pass --metrics FILE.toml"
+            f"{models[-1].run_dir}: the run's recipe has no [eval.metrics.<label>] or "
+            "[reward.<label>] table to use as a metric; pass --metrics FILE.toml"
         )
     return chosen
 
@@ -177,11 +178,12 @@ def run_suite(
     """Evaluate the runs' students (and with ``teacher`` the first run's teacher) on
     ``prompts`` x ``seeds`` with ``metrics``, writing everything the module docstring lists.
 
-    ``seeds`` default to the first run's ``[eval] seeds``, ``metrics`` to its rewards,
-    ``batch_size`` to its ``[eval] batch_size``. ``clip_model`` is ``(model, revision)`` for
-    the Fréchet distance (default: a clip or aesthetic metric's model). ``open_run(run_dir)``
-    opens a run for sampling (see :meth:`gdmd.run.rundir.RunDir.open`); ``prompt_source``
-    describes the prompt file in ``eval.json`` (``path``, ``format``).
+    ``seeds`` default to the first run's ``[eval] seeds``, ``metrics`` to its
+    ``[eval.metrics]`` or else its rewards, ``batch_size`` to its ``[eval] batch_size``.
+    ``clip_model`` is ``(model, revision)`` for the Fréchet distance (default: a clip or
+    aesthetic metric's model). ``open_run(run_dir)`` opens a run for sampling (see
+    :meth:`gdmd.run.rundir.RunDir.open`); ``prompt_source`` describes the prompt file in
+    ``eval.json`` (``path``, ``format``).
     """
     from gdmd.run.rundir import default_device
 
@@ -193,7 +195,7 @@ def run_suite(
         raise SuiteError("the prompt set has no prompts")
     models, recipe = plan_models(run_dirs, pm, teacher=teacher, teacher_steps=teacher_steps)
     chosen_seeds = _chosen_seeds(seeds, recipe)
-    chosen_metrics = _chosen_metrics(metrics, recipe, models)
+    chosen_metrics = _chosen_metrics(metrics, recipe, models, pm)
     batch = batch_size or recipe.eval.batch_size
     device = device or default_device()
     # 2. The images, then their scores (both reuse what is on disk).

@@ -7,9 +7,14 @@ or a quoted number is reported instead of silently accepted. Field descriptions 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 # [train] belongs to the loop; the base of every table lives beside it (see gdmd.train.config).
 from gdmd.train.config import OFF_SWITCH as OFF_SWITCH
@@ -78,6 +83,19 @@ class EvalConfig(Table):
     steps: int | None = Field(
         None, ge=1, description="Sampling steps (default: the student's steps)."
     )
+    metrics: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="[eval.metrics.<label>] tables: registered rewards used as evaluation "
+        "metrics, configured as [reward.<label>] tables are (default: the recipe's rewards).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_empty_metrics(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # An empty [eval.metrics] would appear in every resolved.toml as an empty table.
+        data: dict[str, Any] = handler(self)
+        if not self.metrics:
+            data.pop("metrics", None)
+        return data
 
 
 # -- the keys each pluggable table keeps for itself; every other key goes to the component.
