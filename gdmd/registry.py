@@ -36,7 +36,9 @@ ComponentFactory = Callable[[Any, "BuildContext"], object]
 #: would be unreachable). Kept in step with the table heads in :mod:`gdmd.recipe` (a test
 #: checks it).
 RESERVED_CONFIG_KEYS: dict[str, frozenset[str]] = {
-    "model": frozenset({"kind", "guidance_scale", "init_from", "steps", "timesteps"}),
+    "model": frozenset(
+        {"kind", "guidance_scale", "guidance_jitter", "init_from", "steps", "timesteps"}
+    ),
     "reward": frozenset({"kind", "weight", "normalise"}),
     "target": frozenset({"kind"}),
     "prompts": frozenset({"kind"}),

@@ -68,6 +68,7 @@ class ModelSpec(ComponentChoice):
 class TeacherSpec(ModelSpec):
     role: ClassVar[Literal["teacher"]] = "teacher"
     guidance_scale: float
+    guidance_jitter: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,6 +159,12 @@ class Recipe:
             "teacher": {
                 "kind": self.teacher.kind,
                 "guidance_scale": self.teacher.guidance_scale,
+                # Written only when set, so resolved files without jitter stay as they were.
+                **(
+                    {"guidance_jitter": self.teacher.guidance_jitter}
+                    if self.teacher.guidance_jitter
+                    else {}
+                ),
                 **_dump(self.teacher.config, "teacher"),
             },
             "student": {**student, **_dump(self.student.config, "student")},

@@ -108,6 +108,12 @@ class TeacherHead(Table):
     guidance_scale: float = Field(
         1.0, ge=0, description="Classifier-free guidance scale of the teacher (1: no guidance)."
     )
+    guidance_jitter: float = Field(
+        0.0,
+        ge=0,
+        description="Draw the teacher's guidance scale of each student update uniformly from "
+        "guidance_scale +- this (DMDR's CFG jitter; 0: fixed).",
+    )
 
 
 class StudentHead(Table):

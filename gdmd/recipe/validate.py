@@ -299,7 +299,11 @@ class _Parser:
         if head is None or spec is None or config is None or "teacher" not in spec.roles:
             return None
         return TeacherSpec(
-            kind=spec.name, guidance_scale=head.guidance_scale, config=config, component=spec
+            kind=spec.name,
+            guidance_scale=head.guidance_scale,
+            guidance_jitter=head.guidance_jitter,
+            config=config,
+            component=spec,
         )
 
     def _model_in_role(

@@ -160,6 +160,7 @@ def loop_settings(recipe: Any, schedule: Any) -> LoopSettings:
         train=recipe.train,
         student_timesteps=student_timesteps(recipe, schedule),
         guidance_scale=recipe.teacher.guidance_scale,
+        guidance_jitter=recipe.teacher.guidance_jitter,
         seed=recipe.run.seed,
         log_every=recipe.log.every,
         gradient_accumulation_steps=recipe.accelerate.gradient_accumulation_steps,

@@ -94,3 +94,17 @@ def test_resume_with_jitter_is_exact(gdmd_pm, write_recipe) -> None:
     b_tensors, b_states = load_checkpoint(second[3] / "checkpoints" / "step-0000004")
     _assert_same(a_tensors, b_tensors, "tensors")
     _assert_same(a_states, b_states, "states")
+
+
+
+def test_the_recipe_key_reaches_the_loop_and_the_resolved_recipe(gdmd_pm, write_recipe) -> None:
+    path = write_recipe()
+    text = path.read_text()
+    jitter = "guidance_scale = 2.0\nguidance_jitter = 0.25\n"
+    path.write_text(text.replace("guidance_scale = 2.0\n", jitter))
+    recipe = load_recipe(path, gdmd_pm)
+    schedule = build_components(recipe).teacher.schedule
+    assert loop_settings(recipe, schedule).guidance_jitter == 0.25
+    assert "guidance_jitter = 0.25" in recipe.to_toml()
+    # Without the key, resolved recipes are written as before.
+    assert "guidance_jitter" not in load_recipe(write_recipe("plain.toml"), gdmd_pm).to_toml()
