@@ -56,7 +56,8 @@ def test_every_shipped_entry_is_named_by_its_own_settings() -> None:
 def test_shipped_models_load() -> None:
     from gdmd.models.tiny import TinyDiffusionModel
 
-    teacher = TinyDiffusionModel.from_pretrained(shipped_entry("toy-teacher", DEFAULTS["toy-teacher"]))
+    entry = shipped_entry("toy-teacher", DEFAULTS["toy-teacher"])
+    teacher = TinyDiffusionModel.from_pretrained(entry)
     assert sum(p.numel() for p in teacher.parameters()) > 1_000_000
     reward = alignment.load_or_train_alignment_model()
     assert reward.arch == alignment.AlignmentArchitecture()
