@@ -50,7 +50,7 @@ def evaluate(
         str | None,
         typer.Option(
             "--metrics",
-            help="An eval file (TOML) of [metric.<label>] tables, each a registered reward "
+            help="An eval file (TOML) of \\[metric.<label>] tables, each a registered reward "
             "(default: the first run's recipe rewards). With --prompts only.",
         ),
     ] = None,
@@ -61,7 +61,8 @@ def evaluate(
         int, typer.Option(min=1, help="Sampling steps of the teacher row.")
     ] = 50,
     seeds: Annotated[
-        str | None, typer.Option(help="Comma-separated seeds (default: the recipe's [eval]).")
+        str | None,
+        typer.Option(help="Comma-separated seeds (default: the recipe's \\[eval] seeds)."),
     ] = None,
     out: Annotated[
         str | None,
@@ -75,7 +76,7 @@ def evaluate(
     batch_size: Annotated[
         int | None,
         typer.Option(
-            "--batch-size", min=1, help="Images generated together (default: [eval] batch_size)."
+            "--batch-size", min=1, help="Images generated together (default: \\[eval] batch_size)."
         ),
     ] = None,
 ) -> None:
