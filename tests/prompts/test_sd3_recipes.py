@@ -76,7 +76,6 @@ DMDR: dict[str, dict[str, Any]] = {
 
 #: Settings the recipes cannot match, each named in the recipe and in docs/models/sd3.md.
 DEVIATIONS = {
-    "cfg jitter": "DMDR draws the real-score CFG from [cfg - 0.5, cfg + 0.5]; gdmd has no jitter",
     "real score through the critic LoRA": "DMDR's dynamic distribution guidance",
     "renoise range": "gdmd keeps [0.02, 0.98]; DMDR draws on (0, 1)",
     "8-bit AdamW": "gdmd's optimiser is torch AdamW",
@@ -102,6 +101,7 @@ def test_recipe_matches_dmdr(name: str, installed_pm: Any, monkeypatch) -> None:
     cited = DMDR[name]
     recipe = load(name, installed_pm, monkeypatch)
     assert recipe.teacher.guidance_scale == cited["cfg"]
+    assert recipe.teacher.guidance_jitter == 0.5  # DMDR's CFG jitter: cfg +- 0.5 per update
     assert recipe.teacher.config.resolution == cited["resolution"]
     assert list(recipe.student.timesteps) == pytest.approx(shifted(cited["shift"]), abs=1e-12)
     student, critic = recipe.student.config, recipe.critic.config
@@ -135,7 +135,6 @@ def test_shift_formula_gives_the_published_times() -> None:
 def test_recipe_names_its_deviations(name: str) -> None:
     text = (ROOT / "recipes" / name).read_text(encoding="utf-8")
     for phrase in (
-        "no CFG",
         "dynamic distribution guidance",
         "[0.02, 0.98]",
         "its critic uses 0",
