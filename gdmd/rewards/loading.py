@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from gdmd.errors import GdmdError
+from gdmd.hub import first_line
 
 __all__ = [
     "RewardLoadError",
@@ -64,14 +65,6 @@ def offline_hint(what: str) -> str:
         "If you are offline, set HF_HUB_OFFLINE=1 (so no lookup is attempted) and point the "
         f"key at {what}, or at a model already in the Hugging Face cache."
     )
-
-
-def first_line(err: BaseException) -> str:
-    """The first non-empty line of an exception's message (hub errors are long)."""
-    for line in str(err).strip().splitlines():
-        if line.strip():
-            return line.strip().rstrip(".")
-    return type(err).__name__
 
 
 def resolve_file(

@@ -36,6 +36,7 @@ PUBLIC_API = (
     "gdmd",  # hookimpl, PLUGIN_API_VERSION, __version__
     "gdmd.config",
     "gdmd.errors",
+    "gdmd.hub",
     "gdmd.interfaces",
     "gdmd.registry",
     "gdmd.manager",

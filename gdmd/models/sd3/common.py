@@ -47,11 +47,3 @@ class SD3ExportError(GdmdError):
     """An sd3 model cannot be exported in the format asked for."""
 
     exit_code = 2
-
-
-def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """``from_pretrained``'s dtype argument: ``dtype`` in recent diffusers, else ``torch_dtype``."""
-    from diffusers.utils import deprecation_utils
-
-    name = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
-    return {name: dtype}

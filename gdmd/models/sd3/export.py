@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from gdmd.hub import dtype_kwarg
 from gdmd.models.sd3.adapters import LORA_WEIGHTS, _plain_copy, save_lora_file
 from gdmd.models.sd3.common import (
     EXPORT_METADATA,
     SD3ConfigError,
     SD3ExportError,
-    _dtype_kwarg,
 )
 
 if TYPE_CHECKING:
@@ -273,7 +273,7 @@ def _text_components(shared: SD3SharedComponents) -> dict[str, Any]:
         ref.model,
         revision=ref.revision,
         variant=ref.variant,
-        **_dtype_kwarg(shared.vae.dtype),
+        **dtype_kwarg(shared.vae.dtype),
         **skip,
     )
     return {name: getattr(source, name) for name in names}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import torch
 
+from gdmd.hub import access_denied, access_hint, dtype_kwarg, first_line
 from gdmd.interfaces import BuildContext
 from gdmd.models.sd3.adapters import LORA_WEIGHTS, AdapterHost, LoRASpec, _plain_copy
 from gdmd.models.sd3.common import (
@@ -23,7 +23,6 @@ from gdmd.models.sd3.common import (
     SD3LoadError,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
-    _dtype_kwarg,
 )
 from gdmd.models.sd3.encoders import ModelRef, SD3SharedComponents
 from gdmd.models.sd3.model import SD3Model
@@ -371,12 +370,12 @@ def _load_pipeline(
             ref.model,
             revision=ref.revision,
             variant=ref.variant,
-            **_dtype_kwarg(dtype),
+            **dtype_kwarg(dtype),
             **overrides,
         )
     except (OSError, ValueError) as err:
         raise SD3LoadError(
-            f"cannot load the SD3 pipeline {_describe(ref)}: {_first_line(err)}. "
+            f"cannot load the SD3 pipeline {_describe(ref)}: {first_line(err)}. "
             f"{_hint(err, ref)}"
         ) from err
 
@@ -390,55 +389,18 @@ def _load_transformer(ref: ModelRef, dtype: torch.dtype) -> SD3Transformer2DMode
             subfolder=ref.subfolder,
             revision=ref.revision,
             variant=ref.variant,
-            **_dtype_kwarg(dtype),
+            **dtype_kwarg(dtype),
         )
     except (OSError, ValueError) as err:
         where = _describe(ref) + (f" (subfolder {ref.subfolder!r})" if ref.subfolder else "")
         raise SD3LoadError(
-            f"cannot load the SD3 transformer {where}: {_first_line(err)}. {_hint(err, ref)}"
+            f"cannot load the SD3 transformer {where}: {first_line(err)}. {_hint(err, ref)}"
         ) from err
-
-
-#: What the hub says when a repository needs its licence accepted (SD3, SD3.5) or a token.
-_DENIED = re.compile(r"\bgated\b|\b40[13]\b.*\berror\b|\berror\b.*\b40[13]\b", re.IGNORECASE)
-
-
-def _access_denied(err: BaseException) -> bool:
-    """Whether loading failed because the hub refused access: a ``GatedRepoError``, or an
-    HTTP 401/403, anywhere in the chain of exceptions diffusers wraps it in."""
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
-
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, GatedRepoError):
-            return True
-        status = getattr(getattr(current, "response", None), "status_code", None)
-        if isinstance(current, HfHubHTTPError) and status in (401, 403):
-            return True
-        if _DENIED.search(str(current)):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
 
 
 def _hint(err: BaseException, ref: ModelRef) -> str:
     """The offline hint, or, when the hub refused access, how to get it."""
-    if not _access_denied(err):
-        return _OFFLINE_HINT
-    return (
-        f"The hub refused access: {ref.model} is a gated model (SD3 and SD3.5 are), which "
-        f"needs its licence accepted. Open https://huggingface.co/{ref.model} while logged in "
-        "and accept the licence, then log in here with `huggingface-cli login` (or `hf auth "
-        "login`), or set HF_TOKEN to an access token of that account. Or point `model` at a "
-        "local copy of the pipeline (a directory with model_index.json)."
-    )
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    return access_hint(ref.model) if access_denied(err) else _OFFLINE_HINT
 
 
 def _loads_encoders(config: SD3Config) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from gdmd.hub import access_denied, access_hint, dtype_kwarg, first_line
 from gdmd.interfaces import BuildContext
 from gdmd_flux2.config import Flux2Config
 from gdmd_flux2.model import Flux2Model, LoRASpec, plain_copy
@@ -284,12 +285,12 @@ def _load_pipeline(ref: ModelRef, dtype: torch.dtype, transformer: Any = None) -
     overrides = {"transformer": transformer} if transformer is not None else {}
     try:
         return Flux2KleinPipeline.from_pretrained(
-            ref.model, revision=ref.revision, variant=ref.variant, **_dtype_kwarg(dtype),
+            ref.model, revision=ref.revision, variant=ref.variant, **dtype_kwarg(dtype),
             **overrides,
         )
     except (OSError, ValueError) as err:
         raise Flux2LoadError(
-            f"cannot load the FLUX.2 pipeline {_describe(ref)}: {_first_line(err)}. "
+            f"cannot load the FLUX.2 pipeline {_describe(ref)}: {first_line(err)}. "
             f"{_hint(err, ref)}"
         ) from err
 
@@ -298,62 +299,16 @@ def _load_transformer(directory: Path, dtype: torch.dtype) -> Any:
     from diffusers import Flux2Transformer2DModel
 
     try:
-        return Flux2Transformer2DModel.from_pretrained(str(directory), **_dtype_kwarg(dtype))
+        return Flux2Transformer2DModel.from_pretrained(str(directory), **dtype_kwarg(dtype))
     except (OSError, ValueError) as err:
         raise Flux2LoadError(
-            f"cannot load the FLUX.2 transformer saved in {directory}: {_first_line(err)}"
+            f"cannot load the FLUX.2 transformer saved in {directory}: {first_line(err)}"
         ) from err
-
-
-#: What the hub says when a repository needs its licence accepted or a token.
-_DENIED = re.compile(r"\bgated\b|\b40[13]\b.*\berror\b|\berror\b.*\b40[13]\b", re.IGNORECASE)
-
-
-def access_denied(err: BaseException) -> bool:
-    """Whether loading failed because the hub refused access: a ``GatedRepoError``, or an
-    HTTP 401/403, anywhere in the chain of exceptions diffusers wraps it in."""
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
-
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, GatedRepoError):
-            return True
-        status = getattr(getattr(current, "response", None), "status_code", None)
-        if isinstance(current, HfHubHTTPError) and status in (401, 403):
-            return True
-        if _DENIED.search(str(current)):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
 
 
 def _hint(err: BaseException, ref: ModelRef) -> str:
     """The offline hint, or, when the hub refused access, how to get it."""
-    if not access_denied(err):
-        return _OFFLINE_HINT
-    return (
-        f"The hub refused access: {ref.model} is a gated model, which needs its licence "
-        f"accepted. Open https://huggingface.co/{ref.model} while logged in and accept the "
-        "licence, then log "
-        "in here with `hf auth login` (or `huggingface-cli login`), or set HF_TOKEN to an "
-        "access token of that account. Or point `model` at a local copy of the pipeline (a "
-        "directory with model_index.json)."
-    )
-
-
-def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """``from_pretrained``'s dtype argument: ``dtype`` in recent diffusers, else ``torch_dtype``."""
-    from diffusers.utils import deprecation_utils
-
-    name = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
-    return {name: dtype}
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    return access_hint(ref.model) if access_denied(err) else _OFFLINE_HINT
 
 
 def _shared_from(pipe: Any, ref: ModelRef, device: torch.device) -> Flux2SharedComponents:

@@ -4,13 +4,13 @@ gdmd model, and copying the teacher's UNet for a student or critic."""
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gdmd.hub import access_denied, access_hint, dtype_kwarg, first_line
 from gdmd.interfaces import BuildContext
 from gdmd_sdxl.common import (
     HUB_ID,
@@ -278,12 +278,12 @@ def _load_pipeline(
             ref.model,
             revision=ref.revision,
             variant=ref.variant,
-            **_dtype_kwarg(dtype),
+            **dtype_kwarg(dtype),
             **overrides,
         )
     except (OSError, ValueError) as err:
         raise SDXLLoadError(
-            f"cannot load the SDXL pipeline {_describe(ref)}: {_first_line(err)}. "
+            f"cannot load the SDXL pipeline {_describe(ref)}: {first_line(err)}. "
             f"{_hint(err, ref)}"
         ) from err
 
@@ -297,11 +297,11 @@ def _load_unet(ref: ModelRef, dtype: torch.dtype) -> UNet:
             subfolder=ref.subfolder,
             revision=ref.revision,
             variant=ref.variant,
-            **_dtype_kwarg(dtype),
+            **dtype_kwarg(dtype),
         )
     except (OSError, ValueError) as err:
         raise SDXLLoadError(
-            f"cannot load the SDXL UNet {_describe(ref)}: {_first_line(err)}. {_hint(err, ref)}"
+            f"cannot load the SDXL UNet {_describe(ref)}: {first_line(err)}. {_hint(err, ref)}"
         ) from err
 
 
@@ -309,63 +309,18 @@ def _load_vae(ref: ModelRef, dtype: torch.dtype) -> Any:
     from diffusers import AutoencoderKL
 
     try:
-        return AutoencoderKL.from_pretrained(ref.model, **_dtype_kwarg(dtype))
+        return AutoencoderKL.from_pretrained(ref.model, **dtype_kwarg(dtype))
     except (OSError, ValueError) as err:
         raise SDXLLoadError(
             f"cannot load the VAE {_describe(ref)} (`vae` must name a folder or hub repository "
             f"holding an AutoencoderKL at its root, such as madebyollin/sdxl-vae-fp16-fix): "
-            f"{_first_line(err)}. {_hint(err, ref)}"
+            f"{first_line(err)}. {_hint(err, ref)}"
         ) from err
-
-
-#: What the hub says when a repository needs its licence accepted or a token.
-_DENIED = re.compile(r"\bgated\b|\b40[13]\b.*\berror\b|\berror\b.*\b40[13]\b", re.IGNORECASE)
-
-
-def _access_denied(err: BaseException) -> bool:
-    """Whether loading failed because the hub refused access: a ``GatedRepoError``, or an
-    HTTP 401/403, anywhere in the chain of exceptions diffusers wraps it in."""
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
-
-    seen: set[int] = set()
-    current: BaseException | None = err
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, GatedRepoError):
-            return True
-        status = getattr(getattr(current, "response", None), "status_code", None)
-        if isinstance(current, HfHubHTTPError) and status in (401, 403):
-            return True
-        if _DENIED.search(str(current)):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
 
 
 def _hint(err: BaseException, ref: ModelRef) -> str:
     """The offline hint, or, when the hub refused access, how to get it."""
-    if not _access_denied(err):
-        return OFFLINE_HINT
-    return (
-        f"The hub refused access: {ref.model} is a gated or private repository, which needs "
-        f"its licence accepted or a token. Open https://huggingface.co/{ref.model} while "
-        "logged in and accept the licence, then log in here with `hf auth login`, or set "
-        "HF_TOKEN to an access token of that account. Or point `model` at a local copy of the "
-        "pipeline (a directory with model_index.json)."
-    )
-
-
-def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """``from_pretrained``'s dtype argument: ``dtype`` in recent diffusers, else ``torch_dtype``."""
-    from diffusers.utils import deprecation_utils
-
-    name = "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
-    return {name: dtype}
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    return access_hint(ref.model) if access_denied(err) else OFFLINE_HINT
 
 
 def _shared_from(
