@@ -86,24 +86,15 @@ def _with_defaults(resolved: Path, pm: Any, raw: dict[str, Any]) -> dict[str, An
     try:
         return tomllib.loads(load_recipe(resolved, pm).to_toml())
     except RecipeError:
-        return _unflatten(raw)
-
-
-def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for dotted, value in flat.items():
-        *tables, key = dotted.split(".")
-        node = nested
-        for table in tables:
-            node = node.setdefault(table, {})
-        node[key] = value
-    return nested
+        return raw
 
 
 def recipe_differences(saved_toml: str, current_toml: str) -> list[str]:
     """Dotted keys whose values differ between two resolved recipes, sorted."""
-    saved = _flatten(tomllib.loads(saved_toml))
-    current = _flatten(tomllib.loads(current_toml))
+    return _differing(_flatten(tomllib.loads(saved_toml)), _flatten(tomllib.loads(current_toml)))
+
+
+def _differing(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
 
 
@@ -273,16 +264,10 @@ class RunDir:
                 f"{run_dir} has no resolved.toml, so the recipe that wrote {checkpoint.name} "
                 "is unknown; refusing to resume it"
             )
-        current_text = recipe.to_toml()
-        saved = _flatten(_read_toml(resolved))
-        if pm is not None:
-            saved = _flatten(_with_defaults(resolved, pm, saved))
-        current = _flatten(tomllib.loads(current_text))
-        differing = sorted(
-            k
-            for k in saved.keys() | current.keys()
-            if saved.get(k) != current.get(k) and k not in RESUMABLE_KEYS
-        )
+        raw = _read_toml(resolved)
+        saved = _flatten(_with_defaults(resolved, pm, raw) if pm is not None else raw)
+        current = _flatten(tomllib.loads(recipe.to_toml()))
+        differing = [k for k in _differing(saved, current) if k not in RESUMABLE_KEYS]
         if not differing:
             return
 
